@@ -1,0 +1,37 @@
+# The two set-up commands of the README are `make demo` and `make test`.
+# Both create .venv when it is missing, install the package into it
+# (editable, so the C extension is built in place), and run.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export MEMMANAGER_WERROR ?= 1
+
+SOURCES := $(wildcard src/*.c src/*.h memmanager/include/memmanager/*.h) setup.py pyproject.toml
+
+.PHONY: demo test build bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel
+
+# Installing the test extra once; rebuilding the extension whenever a C file changes.
+$(VENV)/.installed: $(PY) pyproject.toml setup.py
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+build: $(VENV)/.installed $(SOURCES)
+	$(PY) setup.py -q build_ext --inplace
+
+demo: build
+	$(PY) -m memmanager demo
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) -m pip install -q -e '.[bench]' --no-build-isolation
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf build $(VENV) memmanager/*.so *.egg-info

@@ -1,0 +1,88 @@
+"""memmanager: a memory manager for low-level code.
+
+Buffers from pluggable allocators, adoption of memory that C code handed
+you, zero-copy regions, pinning against garbage collection, death stubs,
+and a process-wide registry of live regions.  A Python re-creation of the
+Perl module Task::MemManager; the C core lives in memmanager._core.
+"""
+
+import atexit as _atexit
+import collections as _collections
+import os as _os
+
+from . import _address
+from . import _core
+from ._core import (
+    TRACEMALLOC_DOMAIN,
+    Buffer,
+    DeviceUnavailableError,
+    MemManagerError,
+    OverlapError,
+    UnknownAllocatorError,
+    allocators,
+    collect_delayed,
+    get_delayed_gc_objects,
+    stats,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Buffer",
+    "DeviceUnavailableError",
+    "LiveBuffer",
+    "MemManagerError",
+    "OverlapError",
+    "TRACEMALLOC_DOMAIN",
+    "UnknownAllocatorError",
+    "__version__",
+    "allocators",
+    "collect_delayed",
+    "get_delayed_gc_objects",
+    "get_include",
+    "live_buffers",
+    "report",
+    "stats",
+]
+
+LiveBuffer = _collections.namedtuple(
+    "LiveBuffer", ["identifier", "allocator", "address", "nbytes", "exports", "pinned"])
+LiveBuffer.__doc__ = "One row of live_buffers(): a live buffer at the time of the call."
+
+
+def live_buffers():
+    """A snapshot of every live buffer, in address order, as LiveBuffer rows."""
+    return [LiveBuffer(*row) for row in _core._live_buffers()]
+
+
+def report():
+    """live_buffers() and stats() as a human-readable table (a str)."""
+    rows = live_buffers()
+    lines = ["%-18s %-10s %-18s %12s %7s %6s" % (
+        "identifier", "allocator", "address", "nbytes", "exports", "pinned")]
+    for row in rows:
+        lines.append("0x%-16x %-10s 0x%-16x %12d %7d %6s" % (
+            row.identifier, row.allocator, row.address, row.nbytes,
+            row.exports, "yes" if row.pinned else "no"))
+    lines.append("")
+    lines.append("%-10s %12s %14s %14s %12s %16s" % (
+        "allocator", "live_buffers", "live_bytes", "peak_bytes",
+        "allocations", "allocated_bytes"))
+    counters = stats()
+    for name in sorted(counters, key=lambda n: (n == "total", n)):
+        c = counters[name]
+        lines.append("%-10s %12d %14d %14d %12d %16d" % (
+            name, c["live_buffers"], c["live_bytes"], c["peak_bytes"],
+            c["allocations"], c["allocated_bytes"]))
+    return "\n".join(lines)
+
+
+def get_include():
+    """The directory holding memmanager/allocator.h, for C extensions."""
+    return _os.path.join(_os.path.dirname(__file__), "include")
+
+
+_core._set_address_resolver(_address.resolve)
+# Registered at first import, so it runs after the atexit hooks of user
+# code imported later (atexit is last-in, first-out).
+_atexit.register(_core._release_pinned_at_exit)

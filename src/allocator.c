@@ -1,0 +1,220 @@
+/*
+ * allocator.c -- the Allocator object: one MemManagerAllocator vtable
+ * behind a registered name, and the two operations every buffer goes
+ * through, allocator_alloc_block() and allocator_free_block().
+ *
+ * What lives here and not in the vtables:
+ *   - the init byte: zero goes through calloc (lazy zero pages for large
+ *     blocks, never a second pass), any other byte through malloc+memset;
+ *   - releasing the GIL around large calls to thread-safe allocators and
+ *     around large memsets (the block is not shared with anybody yet);
+ *   - tracemalloc reporting under MEMMANAGER_TRACEMALLOC_DOMAIN for every
+ *     allocator that does not use PyMem_* (which Python traces itself).
+ *
+ * Each buffer holds a strong reference to its AllocatorObject, so it frees
+ * through the allocator that made it even after the name is re-registered.
+ */
+#include "memmanager.h"
+
+#include <string.h>
+
+/* Above this size the GIL is released around allocation, fill and free. */
+#define RELEASE_GIL_THRESHOLD ((size_t)1 << 20)
+
+/* ------------------------------------------------------------------ */
+/* The Allocator type                                                  */
+/* ------------------------------------------------------------------ */
+
+static void allocator_dealloc(PyObject *op)
+{
+    AllocatorObject *self = (AllocatorObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->keeper);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *allocator_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<memmanager allocator %R>",
+                                ((AllocatorObject *)op)->name);
+}
+
+static PyMemberDef allocator_members[] = {
+    {"name", T_OBJECT_EX, offsetof(AllocatorObject, name), READONLY,
+     "The name the allocator is registered under."},
+    {NULL},
+};
+
+static PyType_Slot allocator_slots[] = {
+    {Py_tp_doc, "An allocator registered with memmanager (internal)."},
+    {Py_tp_dealloc, allocator_dealloc},
+    {Py_tp_repr, allocator_repr},
+    {Py_tp_members, allocator_members},
+    {0, NULL},
+};
+
+PyType_Spec allocator_type_spec = {
+    .name = "memmanager._core.Allocator",
+    .basicsize = sizeof(AllocatorObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = allocator_slots,
+};
+
+PyObject *allocator_new(mm_state *st, const char *name,
+                        const MemManagerAllocator *vtable, PyObject *keeper)
+{
+    int slot = region_registry_stats_slot(name);
+    if (slot < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "too many allocators registered");
+        return NULL;
+    }
+    AllocatorObject *self = PyObject_New(AllocatorObject, st->allocator_type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vtable = vtable;
+    self->keeper = Py_XNewRef(keeper);
+    self->stats_slot = slot;
+    self->uses_pymem = (vtable == &mm_pyalloc_vtable);
+    self->consume_only = (vtable == &mm_borrowed_vtable);
+    self->name = PyUnicode_FromString(name);
+    if (self->name == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int register_builtin(mm_state *st, const MemManagerAllocator *vtable)
+{
+    PyObject *alloc = allocator_new(st, vtable->name, vtable, NULL);
+    if (alloc == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItemString(st->allocators, vtable->name, alloc);
+    Py_DECREF(alloc);
+    return rc;
+}
+
+int allocator_register_builtins(mm_state *st)
+{
+    if (register_builtin(st, &mm_pyalloc_vtable) < 0 ||
+        register_builtin(st, &mm_cmalloc_vtable) < 0 ||
+        register_builtin(st, &mm_borrowed_vtable) < 0) {
+        return -1;
+    }
+    st->default_allocator = Py_NewRef(PyDict_GetItemString(st->allocators, "PyAlloc"));
+    return 0;
+}
+
+AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
+{
+    if (name == NULL) {
+        return (AllocatorObject *)st->default_allocator;
+    }
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "allocator must be a str, not %.100s",
+                     Py_TYPE(name)->tp_name);
+        return NULL;
+    }
+    PyObject *alloc = PyDict_GetItemWithError(st->allocators, name);
+    if (alloc == NULL && !PyErr_Occurred()) {
+        PyErr_Format(st->UnknownAllocatorError,
+                     "Allocator %U does not exist.", name);
+    }
+    return (AllocatorObject *)alloc;  /* borrowed */
+}
+
+int allocator_check_options(AllocatorObject *alloc, PyObject *options)
+{
+    if (options == NULL || PyDict_GET_SIZE(options) == 0) {
+        return 0;
+    }
+    PyObject *key = NULL;
+    Py_ssize_t pos = 0;
+    PyDict_Next(options, &pos, &key, NULL);
+    PyErr_Format(PyExc_TypeError,
+                 "allocator %U takes no option %R", alloc->name, key);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Blocks                                                              */
+/* ------------------------------------------------------------------ */
+
+void allocator_track(AllocatorObject *alloc, mm_block *block)
+{
+    if (!alloc->uses_pymem && !alloc->consume_only) {
+        /* -2 means tracemalloc is not tracing: nothing to do. */
+        (void)PyTraceMalloc_Track(MEMMANAGER_TRACEMALLOC_DOMAIN,
+                                  (uintptr_t)block->address, block->size);
+    }
+}
+
+static void *call_allocate(const MemManagerAllocator *vt, size_t size, int zero)
+{
+    return zero ? vt->calloc(vt->ctx, size, 1) : vt->malloc(vt->ctx, size);
+}
+
+int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
+                          mm_block *out)
+{
+    const MemManagerAllocator *vt = alloc->vtable;
+    int zero = (init_byte == 0);
+    int big = size >= RELEASE_GIL_THRESHOLD;
+    void *ptr;
+
+    if (alloc->consume_only) {
+        PyErr_Format(PyExc_ValueError,
+                     "Allocator %U can only adopt memory: use Buffer.consume()",
+                     alloc->name);
+        return -1;
+    }
+    if (big && !alloc->uses_pymem) {
+        Py_BEGIN_ALLOW_THREADS
+        ptr = call_allocate(vt, size, zero);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        ptr = call_allocate(vt, size, zero);
+    }
+    if (ptr == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (init_byte > 0) {
+        if (big) {
+            Py_BEGIN_ALLOW_THREADS
+            memset(ptr, init_byte, size);
+            Py_END_ALLOW_THREADS
+        }
+        else {
+            memset(ptr, init_byte, size);
+        }
+    }
+    out->address = ptr;
+    out->size = size;
+    allocator_track(alloc, out);
+    return 0;
+}
+
+void allocator_free_block(AllocatorObject *alloc, mm_block *block)
+{
+    const MemManagerAllocator *vt = alloc->vtable;
+    if (!alloc->uses_pymem && !alloc->consume_only) {
+        (void)PyTraceMalloc_Untrack(MEMMANAGER_TRACEMALLOC_DOMAIN,
+                                    (uintptr_t)block->address);
+    }
+    if (block->size >= RELEASE_GIL_THRESHOLD && !alloc->uses_pymem) {
+        Py_BEGIN_ALLOW_THREADS
+        vt->free(vt->ctx, block->address, block->size);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        vt->free(vt->ctx, block->address, block->size);
+    }
+    block->address = NULL;
+}

@@ -1,0 +1,591 @@
+/*
+ * buffer.c -- the memmanager.Buffer type: construction, lifecycle and
+ * accessors.  (Its buffer protocol, regions and item access live in
+ * buffer_access.c; consume() in consume.c.)
+ *
+ * In Python terms:
+ *
+ *     class Buffer:
+ *         def __init__(self, num_items, item_size, options=None, /, **kw):
+ *             self.allocator = allocators[kw.get("allocator", "PyAlloc")]
+ *             self.data = self.allocator.malloc(num_items * item_size, init)
+ *             registry.insert(self.data, self.nbytes)   # OverlapError
+ *             if kw.get("delayed_gc"): pinned[id(self)] = self
+ *         def release(self):
+ *             if self.exports: raise BufferError
+ *             self.death_stub(info); registry.remove(self); allocator.free(...)
+ *
+ * Ownership rules
+ * ---------------
+ * - A Buffer owns one block (`data`, `nbytes`) and frees it exactly once,
+ *   through `allocator`, which it holds a strong reference to.  Adopted
+ *   memory is freed by whoever owns it: a zero-copy consume holds an export
+ *   of `source` (`source_view`) and releases that export instead; a
+ *   Borrowed buffer frees nothing and holds `source` (the owner) alive.
+ * - While `exports > 0` the memory is never freed: release() raises
+ *   BufferError, and dealloc cannot happen because every export holds a
+ *   reference to the Buffer (Py_buffer.obj).
+ * - A pinned Buffer is referenced by the module's `pinned` dict; only
+ *   collect_delayed(), release() or interpreter exit drop that reference.
+ * - The death stub runs at most once, before the memory is freed, from
+ *   release() or tp_finalize; its errors go to sys.unraisablehook.
+ * - The registry entry (`node`) is removed before the memory is freed, so
+ *   another thread can never see a stale region for a reused address.
+ *
+ * Legal states
+ * ------------
+ *   live      data != NULL, exports == 0, not pinned
+ *   exported  data != NULL, exports > 0      (release refused)
+ *   pinned    data != NULL, in the pinned dict (may also be exported)
+ *   released  data == NULL, released == 1    (terminal; accessors raise)
+ * Transitions: live <-> exported by getbuffer/releasebuffer; live <->
+ * pinned by construction with delayed_gc and collect_delayed(); live or
+ * pinned -> released by release() or, for unpinned ones, deallocation.
+ */
+#include "memmanager.h"
+
+#include <inttypes.h>
+
+/* ------------------------------------------------------------------ */
+/* Small helpers shared by the Buffer files                            */
+/* ------------------------------------------------------------------ */
+
+mm_state *buffer_state(BufferObject *self)
+{
+    return mm_state_from_type(Py_TYPE(self));
+}
+
+int buffer_check_live(BufferObject *self)
+{
+    if (self->released) {
+        PyErr_SetString(PyExc_ValueError, "buffer is released");
+        return -1;
+    }
+    return 0;
+}
+
+int buffer_check_writable(BufferObject *self)
+{
+    if (buffer_check_live(self) < 0) {
+        return -1;
+    }
+    if (self->readonly) {
+        PyErr_SetString(PyExc_TypeError, "buffer is read-only");
+        return -1;
+    }
+    return 0;
+}
+
+BufferObject *buffer_alloc_object(PyTypeObject *type)
+{
+    BufferObject *self = (BufferObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->stub_done = 1;   /* no stub until construction completes */
+    }
+    return self;
+}
+
+int buffer_register_region(mm_state *st, BufferObject *self)
+{
+    region_info other;
+    uintptr_t start = (uintptr_t)self->data;
+    uintptr_t end = start + (uintptr_t)self->nbytes;
+    if (region_registry_insert(&self->node, start, end, (uintptr_t)self,
+                               self->allocator->stats_slot, &other) != 0) {
+        raise_overlap(st, start, end, &other);
+        return -1;
+    }
+    return 0;
+}
+
+int buffer_finish_construction(mm_state *st, BufferObject *self,
+                               PyObject *death_stub, int delayed_gc)
+{
+    if (delayed_gc && delayed_gc_pin(st, self) < 0) {
+        return -1;
+    }
+    if (death_stub != NULL) {
+        self->death_stub = Py_NewRef(death_stub);
+        self->stub_done = 0;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Freeing and the death stub                                          */
+/* ------------------------------------------------------------------ */
+
+/* Leaves the registry, then frees (or gives back) the memory.  Never
+ * raises; idempotent. */
+int buffer_release_memory(BufferObject *self)
+{
+    if (self->released) {
+        return 0;
+    }
+    char *data = self->data;
+    self->released = 1;
+    self->data = NULL;
+    region_registry_remove(&self->node);
+    if (self->owns_memory && data != NULL) {
+        mm_block block = {data, (size_t)self->nbytes};
+        allocator_free_block(self->allocator, &block);
+    }
+    if (self->holds_source_view) {
+        self->holds_source_view = 0;
+        PyBuffer_Release(&self->source_view);
+    }
+    Py_CLEAR(self->source);
+    return 0;
+}
+
+static PyObject *death_stub_info(BufferObject *self)
+{
+    return Py_BuildValue("{s:N,s:n,s:n,s:n,s:N}",
+                         "buffer_address", PyLong_FromVoidPtr(self->data),
+                         "buffer_size", self->nbytes,
+                         "element_size", self->item_size,
+                         "num_of_elements", self->num_items,
+                         "identifier", PyLong_FromVoidPtr(self));
+}
+
+/* Calls the stub once, with the memory still there; errors go to
+ * sys.unraisablehook.  The caller's exception state is preserved. */
+void buffer_run_death_stub(BufferObject *self)
+{
+    if (self->stub_done || self->death_stub == NULL || self->released) {
+        self->stub_done = 1;
+        return;
+    }
+    self->stub_done = 1;
+    PyObject *stub = self->death_stub;
+    self->death_stub = NULL;
+
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *info = death_stub_info(self);
+    PyObject *result = info ? PyObject_CallOneArg(stub, info) : NULL;
+    if (result == NULL) {
+        PyErr_WriteUnraisable(stub);
+    }
+    Py_XDECREF(result);
+    Py_XDECREF(info);
+    Py_DECREF(stub);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+static void buffer_finalize(PyObject *op)
+{
+    buffer_run_death_stub((BufferObject *)op);
+}
+
+/* ------------------------------------------------------------------ */
+/* GC support and deallocation                                         */
+/* ------------------------------------------------------------------ */
+
+static int buffer_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    BufferObject *self = (BufferObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->death_stub);
+    Py_VISIT(self->allocator);
+    Py_VISIT(self->source);
+    if (self->holds_source_view) {
+        Py_VISIT(self->source_view.obj);
+    }
+    return 0;
+}
+
+/* Breaks cycles through the stub only: the memory, its allocator and its
+ * source stay until dealloc, so a buffer is never freed while exported. */
+static int buffer_clear(PyObject *op)
+{
+    Py_CLEAR(((BufferObject *)op)->death_stub);
+    return 0;
+}
+
+static void buffer_dealloc(PyObject *op)
+{
+    BufferObject *self = (BufferObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (PyObject_CallFinalizerFromDealloc(op) < 0) {
+        return;   /* resurrected by the death stub */
+    }
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
+    buffer_release_memory(self);
+    Py_CLEAR(self->death_stub);
+    Py_CLEAR(self->allocator);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ------------------------------------------------------------------ */
+/* Construction                                                        */
+/* ------------------------------------------------------------------ */
+
+static int allocate_memory(BufferObject *self, AllocatorObject *alloc,
+                           int init_byte)
+{
+    mm_block block;
+    if (allocator_alloc_block(alloc, (size_t)self->nbytes, init_byte, &block) < 0) {
+        return -1;
+    }
+    self->data = block.address;
+    self->allocator = (AllocatorObject *)Py_NewRef(alloc);
+    self->owns_memory = 1;
+    return 0;
+}
+
+PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
+                        Py_ssize_t nargs, PyObject *kwnames)
+{
+    buffer_args a = {0};
+    BufferObject *self = NULL;
+    int init_byte, delayed_gc;
+    mm_state *st = mm_state_from_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (nargs < 2 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "Buffer() takes num_items, item_size and an optional "
+                     "options mapping (%zd positional arguments given)", nargs);
+        return NULL;
+    }
+    if (parse_sizes(args[0], args[1], &a) < 0 ||
+        parse_options(nargs == 3 ? args[2] : NULL, args + nargs, kwnames, 0, &a) < 0) {
+        goto error;
+    }
+    AllocatorObject *alloc = allocator_lookup(st, a.allocator);
+    if (alloc == NULL || allocator_check_options(alloc, a.extra) < 0 ||
+        parse_init_value(a.init_value, &init_byte) < 0 ||
+        (delayed_gc = parse_flag(a.delayed_gc, 0)) < 0) {
+        goto error;
+    }
+    self = buffer_alloc_object(type);
+    if (self == NULL) {
+        goto error;
+    }
+    self->num_items = a.num_items;
+    self->item_size = a.item_size;
+    self->nbytes = a.num_items * a.item_size;
+    if (allocate_memory(self, alloc, init_byte) < 0 ||
+        buffer_register_region(st, self) < 0 ||
+        buffer_finish_construction(st, self, a.death_stub, delayed_gc) < 0) {
+        goto error;
+    }
+    buffer_args_clear(&a);
+    return (PyObject *)self;
+error:
+    Py_XDECREF(self);
+    buffer_args_clear(&a);
+    return NULL;
+}
+
+static PyObject *buffer_vectorcall(PyObject *type, PyObject *const *args,
+                                   size_t nargsf, PyObject *kwnames)
+{
+    return buffer_create((PyTypeObject *)type, args,
+                         PyVectorcall_NARGS(nargsf), kwnames);
+}
+
+/* tp_new, used by subclasses (tp_vectorcall is not inherited). */
+static PyObject *buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    Py_ssize_t nkw = kwargs ? PyDict_GET_SIZE(kwargs) : 0;
+    PyObject **stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
+    PyObject *kwnames = NULL, *result = NULL;
+    if (stack == NULL) {
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        stack[i] = PyTuple_GET_ITEM(args, i);
+    }
+    if (nkw > 0) {
+        if ((kwnames = PyTuple_New(nkw)) == NULL) {
+            goto done;
+        }
+        PyObject *key, *value;
+        Py_ssize_t pos = 0, k = 0;
+        while (PyDict_Next(kwargs, &pos, &key, &value)) {
+            PyTuple_SET_ITEM(kwnames, k, Py_NewRef(key));
+            stack[nargs + k++] = value;
+        }
+    }
+    result = buffer_create(type, stack, nargs, kwnames);
+done:
+    Py_XDECREF(kwnames);
+    PyMem_Free(stack);
+    return result;
+}
+
+int buffer_install_vectorcall(PyTypeObject *type)
+{
+    type->tp_vectorcall = buffer_vectorcall;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* release() and the context manager                                   */
+/* ------------------------------------------------------------------ */
+
+static int refuse_if_exported(BufferObject *self)
+{
+    if (self->exports > 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot release: the buffer has %zd live export(s)",
+                     self->exports);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *buffer_release_method(PyObject *op, PyObject *Py_UNUSED(unused))
+{
+    BufferObject *self = (BufferObject *)op;
+    if (self->released) {
+        Py_RETURN_NONE;
+    }
+    if (refuse_if_exported(self) < 0) {
+        return NULL;
+    }
+    buffer_run_death_stub(self);
+    if (refuse_if_exported(self) < 0) {   /* the stub kept a view */
+        return NULL;
+    }
+    if (self->pinned && delayed_gc_unpin(buffer_state(self), self) < 0) {
+        return NULL;
+    }
+    buffer_release_memory(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *buffer_enter(PyObject *op, PyObject *Py_UNUSED(unused))
+{
+    if (buffer_check_live((BufferObject *)op) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(op);
+}
+
+static PyObject *buffer_exit(PyObject *op, PyObject *const *Py_UNUSED(args),
+                             Py_ssize_t Py_UNUSED(nargs))
+{
+    PyObject *result = buffer_release_method(op, NULL);
+    if (result == NULL) {
+        return NULL;
+    }
+    Py_DECREF(result);
+    Py_RETURN_FALSE;
+}
+
+/* ------------------------------------------------------------------ */
+/* Accessors                                                           */
+/* ------------------------------------------------------------------ */
+
+#define LIVE_OR_NULL(op) \
+    if (buffer_check_live((BufferObject *)(op)) < 0) { return NULL; }
+
+static PyObject *get_address(PyObject *op, void *Py_UNUSED(closure))
+{
+    LIVE_OR_NULL(op);
+    return PyLong_FromVoidPtr(((BufferObject *)op)->data);
+}
+
+static PyObject *get_nbytes(PyObject *op, void *Py_UNUSED(closure))
+{
+    LIVE_OR_NULL(op);
+    return PyLong_FromSsize_t(((BufferObject *)op)->nbytes);
+}
+
+static PyObject *get_itemsize(PyObject *op, void *Py_UNUSED(closure))
+{
+    LIVE_OR_NULL(op);
+    return PyLong_FromSsize_t(((BufferObject *)op)->item_size);
+}
+
+static PyObject *get_num_items(PyObject *op, void *Py_UNUSED(closure))
+{
+    LIVE_OR_NULL(op);
+    return PyLong_FromSsize_t(((BufferObject *)op)->num_items);
+}
+
+static PyObject *get_identifier(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromVoidPtr(op);
+}
+
+static PyObject *get_allocator(PyObject *op, void *Py_UNUSED(closure))
+{
+    LIVE_OR_NULL(op);
+    return Py_NewRef(((BufferObject *)op)->allocator->name);
+}
+
+static PyObject *get_readonly(PyObject *op, void *Py_UNUSED(closure))
+{
+    LIVE_OR_NULL(op);
+    return PyBool_FromLong(((BufferObject *)op)->readonly);
+}
+
+static PyObject *get_delayed_gc(PyObject *op, void *Py_UNUSED(closure))
+{
+    LIVE_OR_NULL(op);
+    return PyBool_FromLong(((BufferObject *)op)->pinned);
+}
+
+static PyObject *get_released(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((BufferObject *)op)->released);
+}
+
+static PyObject *get_exports(PyObject *op, void *Py_UNUSED(closure))
+{
+    LIVE_OR_NULL(op);
+    return PyLong_FromSsize_t(((BufferObject *)op)->exports);
+}
+
+/* The Perl-named methods are the same getters, called. */
+static PyObject *method_get_buffer(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    return get_address(op, NULL);
+}
+
+static PyObject *method_get_buffer_size(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    return get_nbytes(op, NULL);
+}
+
+static PyObject *method_get_element_size(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    return get_itemsize(op, NULL);
+}
+
+static PyObject *method_get_num_of_elements(PyObject *op, PyObject *Py_UNUSED(a))
+{
+    return get_num_items(op, NULL);
+}
+
+static PyObject *method_get_delayed_gc_objects(PyObject *cls, PyObject *Py_UNUSED(a))
+{
+    mm_state *st = mm_state_from_type((PyTypeObject *)cls);
+    return st ? delayed_gc_identifiers(st) : NULL;
+}
+
+static const char *state_name(BufferObject *self, char *scratch, size_t size)
+{
+    if (self->exports > 0) {
+        snprintf(scratch, size, "exported(%zd)", self->exports);
+        return scratch;
+    }
+    return self->pinned ? "pinned" : "live";
+}
+
+static PyObject *buffer_repr(PyObject *op)
+{
+    BufferObject *self = (BufferObject *)op;
+    const char *type_name = Py_TYPE(op)->tp_name;
+    if (self->released) {
+        return PyUnicode_FromFormat("<%s allocator=%R state=released>",
+                                    type_name, self->allocator->name);
+    }
+    char scratch[48], address[32];
+    snprintf(address, sizeof(address), "0x%" PRIxPTR, (uintptr_t)self->data);
+    return PyUnicode_FromFormat("<%s allocator=%R address=%s nbytes=%zd state=%s>",
+                                type_name, self->allocator->name, address,
+                                self->nbytes, state_name(self, scratch, sizeof(scratch)));
+}
+
+/* ------------------------------------------------------------------ */
+/* Type definition                                                     */
+/* ------------------------------------------------------------------ */
+
+static PyGetSetDef buffer_getset[] = {
+    {"address", get_address, NULL, "Start address of the memory, an int.", NULL},
+    {"nbytes", get_nbytes, NULL, "Size in bytes: num_items * item_size.", NULL},
+    {"itemsize", get_itemsize, NULL, "Size of one item in bytes.", NULL},
+    {"num_items", get_num_items, NULL, "Number of items.", NULL},
+    {"identifier", get_identifier, NULL,
+     "id(buffer): the key used by death stubs and delayed GC.", NULL},
+    {"allocator", get_allocator, NULL, "Name of the allocator that made the memory.", NULL},
+    {"readonly", get_readonly, NULL, "True when the memory may not be written.", NULL},
+    {"delayed_gc", get_delayed_gc, NULL, "True while the buffer is pinned.", NULL},
+    {"released", get_released, NULL, "True once the memory has been freed.", NULL},
+    {"exports", get_exports, NULL, "Number of live buffer-protocol exports.", NULL},
+    {NULL},
+};
+
+static PyMethodDef buffer_methods[] = {
+    {"get_buffer", method_get_buffer, METH_NOARGS,
+     "get_buffer($self, /)\n--\n\nStart address of the memory (the Perl name of .address)."},
+    {"get_buffer_size", method_get_buffer_size, METH_NOARGS,
+     "get_buffer_size($self, /)\n--\n\nSize in bytes (the Perl name of .nbytes)."},
+    {"get_element_size", method_get_element_size, METH_NOARGS,
+     "get_element_size($self, /)\n--\n\nItem size in bytes (the Perl name of .itemsize)."},
+    {"get_num_of_elements", method_get_num_of_elements, METH_NOARGS,
+     "get_num_of_elements($self, /)\n--\n\nNumber of items (the Perl name of .num_items)."},
+    {"get_delayed_gc_objects", method_get_delayed_gc_objects, METH_NOARGS | METH_CLASS,
+     "get_delayed_gc_objects($cls, /)\n--\n\nIdentifiers of the pinned buffers."},
+    {"extract_buffer_region", (PyCFunction)(void (*)(void))buffer_extract_region,
+     METH_FASTCALL,
+     "extract_buffer_region($self, start=None, end=None, /)\n--\n\n"
+     "A bytes copy of [start, end], end inclusive (the Perl method).\n"
+     "Returns None when end >= nbytes, start > end or either is negative."},
+    {"region", (PyCFunction)(void (*)(void))buffer_region,
+     METH_FASTCALL | METH_KEYWORDS,
+     "region($self, start=0, stop=None, *, readonly=False)\n--\n\n"
+     "A zero-copy memoryview of [start, stop).  It holds an export."},
+    {"consume", (PyCFunction)(void (*)(void))buffer_consume,
+     METH_FASTCALL | METH_KEYWORDS | METH_CLASS,
+     "consume($cls, source, num_items, item_size, options=None, /, *, "
+     "allocator=None, delayed_gc=True, death_stub=None, copy=False, "
+     "**allocator_options)\n--\n\n"
+     "Adopt memory that exists already (see the ownership guide)."},
+    {"release", buffer_release_method, METH_NOARGS,
+     "release($self, /)\n--\n\nRun the death stub and free the memory now. Idempotent."},
+    {"__enter__", buffer_enter, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
+    {"__exit__", (PyCFunction)(void (*)(void))buffer_exit, METH_FASTCALL,
+     "__exit__($self, *exc_info)\n--\n\nRelease the buffer."},
+    {NULL},
+};
+
+static PyMemberDef buffer_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(BufferObject, weakreflist), READONLY},
+    {NULL},
+};
+
+PyDoc_STRVAR(buffer_doc,
+"Buffer(num_items, item_size, options=None, /, *, allocator='PyAlloc',\n"
+"       init_value=None, delayed_gc=False, death_stub=None, **allocator_options)\n"
+"--\n\n"
+"A block of num_items * item_size bytes from a pluggable allocator.");
+
+static PyType_Slot buffer_slots[] = {
+    {Py_tp_doc, (void *)buffer_doc},
+    {Py_tp_new, buffer_new},
+    {Py_tp_dealloc, buffer_dealloc},
+    {Py_tp_finalize, buffer_finalize},
+    {Py_tp_traverse, buffer_traverse},
+    {Py_tp_clear, buffer_clear},
+    {Py_tp_repr, buffer_repr},
+    {Py_tp_getset, buffer_getset},
+    {Py_tp_methods, buffer_methods},
+    {Py_tp_members, buffer_members},
+    {Py_bf_getbuffer, buffer_getbuffer},
+    {Py_bf_releasebuffer, buffer_releasebuffer},
+    {Py_mp_length, buffer_length},
+    {Py_mp_subscript, buffer_subscript},
+    {Py_mp_ass_subscript, buffer_ass_subscript},
+    {Py_sq_length, buffer_length},
+    {Py_sq_item, buffer_item},
+    {0, NULL},
+};
+
+PyType_Spec buffer_type_spec = {
+    .name = "memmanager.Buffer",
+    .basicsize = sizeof(BufferObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = buffer_slots,
+};

@@ -1,0 +1,348 @@
+/*
+ * buffer_args.c -- turning what Python passed into C values, for the
+ * Buffer constructor and consume():
+ *
+ *   Buffer(num_items, item_size, options=None, /, *, allocator=...,
+ *          init_value=..., delayed_gc=..., death_stub=..., **allocator_options)
+ *
+ * The options mapping and the keywords carry the same keys; a keyword
+ * wins over the mapping.  Keys the constructor does not know are gathered
+ * into one dict for the allocator.  The caller's mapping is only read.
+ *
+ * Everything here validates and raises; nothing allocates buffer memory.
+ */
+#include "memmanager.h"
+
+#include <string.h>
+
+/* ------------------------------------------------------------------ */
+/* Generic METH_FASTCALL | METH_KEYWORDS unpacking                     */
+/* ------------------------------------------------------------------ */
+
+static Py_ssize_t name_index(const char *const *names, PyObject *key)
+{
+    for (Py_ssize_t i = 0; names[i] != NULL; i++) {
+        if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+int unpack_arguments(const char *funcname, PyObject *const *args,
+                     Py_ssize_t nargs, PyObject *kwnames,
+                     const char *const *names, Py_ssize_t max_positional,
+                     PyObject **out)
+{
+    Py_ssize_t nnames = 0;
+    while (names[nnames] != NULL) {
+        out[nnames++] = NULL;
+    }
+    if (nargs > max_positional) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() takes at most %zd positional arguments (%zd given)",
+                     funcname, max_positional, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = args[i];
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t i = name_index(names, key);
+        if (i < 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected keyword argument %R", funcname, key);
+            return -1;
+        }
+        if (out[i] != NULL) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got multiple values for argument %R", funcname, key);
+            return -1;
+        }
+        out[i] = args[nargs + k];
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Sizes                                                               */
+/* ------------------------------------------------------------------ */
+
+int parse_size(PyObject *obj, const char *what, Py_ssize_t *out)
+{
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s",
+                     what, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyObject *as_int = PyNumber_Index(obj);
+    if (as_int == NULL) {
+        return -1;
+    }
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(as_int, &overflow);
+    Py_DECREF(as_int);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow < 0 || (overflow == 0 && value < 1)) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= 1, got %R", what, obj);
+        return -1;
+    }
+    if (overflow > 0 || value > PY_SSIZE_T_MAX) {
+        PyErr_Format(PyExc_OverflowError, "%s is too large: %R", what, obj);
+        return -1;
+    }
+    *out = (Py_ssize_t)value;
+    return 0;
+}
+
+int parse_sizes(PyObject *n_obj, PyObject *s_obj, buffer_args *a)
+{
+    if (parse_size(n_obj, "num_items", &a->num_items) < 0 ||
+        parse_size(s_obj, "item_size", &a->item_size) < 0) {
+        return -1;
+    }
+    if (a->num_items > PY_SSIZE_T_MAX / a->item_size) {
+        PyErr_Format(PyExc_OverflowError,
+                     "num_items * item_size (%zd * %zd) does not fit in memory sizes",
+                     a->num_items, a->item_size);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* init_value                                                          */
+/* ------------------------------------------------------------------ */
+
+static int is_zero_word(PyObject *s)
+{
+    static const char word[] = "zero";
+    if (PyUnicode_GET_LENGTH(s) != 4) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < 4; i++) {
+        Py_UCS4 c = PyUnicode_READ_CHAR(s, i);
+        if (c >= 128 || (char)(c | 0x20) != word[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ASCII decimal digits naming 0..255: 1 and *value; not all digits: 0;
+ * digits naming a larger number: -1 with ValueError. */
+static int parse_decimal_byte(PyObject *s, int *value)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    long acc = 0;
+    if (n == 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ_CHAR(s, i);
+        if (c < '0' || c > '9') {
+            return 0;
+        }
+        if (acc <= 255) {
+            acc = acc * 10 + (long)(c - '0');
+        }
+    }
+    if (acc > 255) {
+        PyErr_Format(PyExc_ValueError,
+                     "init_value %R is outside 0..255", s);
+        return -1;
+    }
+    *value = (int)acc;
+    return 1;
+}
+
+static int parse_init_str(PyObject *value, int *init_byte)
+{
+    if (is_zero_word(value)) {
+        *init_byte = 0;
+        return 0;
+    }
+    int rc = parse_decimal_byte(value, init_byte);
+    if (rc != 0) {
+        return rc < 0 ? -1 : 0;
+    }
+    if (PyUnicode_GET_LENGTH(value) == 1 && PyUnicode_READ_CHAR(value, 0) < 256) {
+        *init_byte = (int)PyUnicode_READ_CHAR(value, 0);
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError,
+                 "init_value %R is not 'zero', a number 0..255 or one "
+                 "character below U+0100", value);
+    return -1;
+}
+
+int parse_init_value(PyObject *value, int *init_byte)
+{
+    *init_byte = INIT_UNINITIALISED;
+    if (value == NULL || value == Py_None) {
+        return 0;
+    }
+    if (PyBool_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "init_value must not be a bool");
+        return -1;
+    }
+    if (PyLong_Check(value)) {
+        int overflow = 0;
+        long v = PyLong_AsLongAndOverflow(value, &overflow);
+        if (overflow != 0 || v < 0 || v > 255) {
+            PyErr_Format(PyExc_ValueError,
+                         "init_value %R is outside 0..255", value);
+            return -1;
+        }
+        *init_byte = (int)v;
+        return 0;
+    }
+    if (PyBytes_Check(value)) {
+        if (PyBytes_GET_SIZE(value) != 1) {
+            PyErr_Format(PyExc_ValueError,
+                         "init_value bytes must be exactly one byte, got %zd",
+                         PyBytes_GET_SIZE(value));
+            return -1;
+        }
+        *init_byte = (unsigned char)PyBytes_AS_STRING(value)[0];
+        return 0;
+    }
+    if (PyUnicode_Check(value)) {
+        return parse_init_str(value, init_byte);
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "init_value must be None, 'zero', an int 0..255, one byte "
+                 "or one character, not %.100s", Py_TYPE(value)->tp_name);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* The options mapping and keywords                                    */
+/* ------------------------------------------------------------------ */
+
+int parse_flag(PyObject *value, int default_value)
+{
+    return value == NULL ? default_value : PyObject_IsTrue(value);
+}
+
+static PyObject **known_slot(buffer_args *a, PyObject *key, int consume_keys)
+{
+    if (PyUnicode_CompareWithASCIIString(key, "allocator") == 0) {
+        return &a->allocator;
+    }
+    if (PyUnicode_CompareWithASCIIString(key, "init_value") == 0) {
+        return &a->init_value;
+    }
+    if (PyUnicode_CompareWithASCIIString(key, "delayed_gc") == 0) {
+        return &a->delayed_gc;
+    }
+    if (PyUnicode_CompareWithASCIIString(key, "death_stub") == 0) {
+        return &a->death_stub;
+    }
+    if (!consume_keys) {
+        return NULL;
+    }
+    if (PyUnicode_CompareWithASCIIString(key, "copy") == 0) {
+        return &a->copy;
+    }
+    if (PyUnicode_CompareWithASCIIString(key, "readonly") == 0) {
+        return &a->readonly;
+    }
+    if (PyUnicode_CompareWithASCIIString(key, "owner") == 0) {
+        return &a->owner;
+    }
+    return NULL;
+}
+
+static int assign_option(buffer_args *a, PyObject *key, PyObject *value,
+                         int consume_keys)
+{
+    if (!PyUnicode_Check(key)) {
+        PyErr_Format(PyExc_TypeError, "option names must be str, not %.100s",
+                     Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    PyObject **slot = known_slot(a, key, consume_keys);
+    if (slot != NULL) {
+        Py_XSETREF(*slot, Py_NewRef(value));
+        return 0;
+    }
+    if (a->extra == NULL && (a->extra = PyDict_New()) == NULL) {
+        return -1;
+    }
+    return PyDict_SetItem(a->extra, key, value);
+}
+
+static int assign_mapping(buffer_args *a, PyObject *options, int consume_keys)
+{
+    if (!PyMapping_Check(options) || PySequence_Check(options)) {
+        PyErr_Format(PyExc_TypeError, "options must be a mapping, not %.100s",
+                     Py_TYPE(options)->tp_name);
+        return -1;
+    }
+    PyObject *items = PyMapping_Items(options);
+    if (items == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "options.items() must yield pairs");
+            goto error;
+        }
+        if (assign_option(a, PyTuple_GET_ITEM(pair, 0),
+                          PyTuple_GET_ITEM(pair, 1), consume_keys) < 0) {
+            goto error;
+        }
+    }
+    Py_DECREF(items);
+    return 0;
+error:
+    Py_DECREF(items);
+    return -1;
+}
+
+int parse_options(PyObject *options, PyObject *const *kwvalues,
+                  PyObject *kwnames, int accept_consume_keys, buffer_args *a)
+{
+    if (options != NULL && options != Py_None &&
+        assign_mapping(a, options, accept_consume_keys) < 0) {
+        return -1;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (assign_option(a, PyTuple_GET_ITEM(kwnames, i), kwvalues[i],
+                          accept_consume_keys) < 0) {
+            return -1;
+        }
+    }
+    if (a->death_stub == Py_None) {
+        Py_CLEAR(a->death_stub);
+    }
+    if (a->death_stub != NULL && !PyCallable_Check(a->death_stub)) {
+        PyErr_Format(PyExc_TypeError,
+                     "death_stub must be callable or None, not %.100s",
+                     Py_TYPE(a->death_stub)->tp_name);
+        return -1;
+    }
+    if (a->allocator == Py_None) {
+        Py_CLEAR(a->allocator);
+    }
+    return 0;
+}
+
+void buffer_args_clear(buffer_args *a)
+{
+    Py_CLEAR(a->allocator);
+    Py_CLEAR(a->init_value);
+    Py_CLEAR(a->death_stub);
+    Py_CLEAR(a->delayed_gc);
+    Py_CLEAR(a->copy);
+    Py_CLEAR(a->readonly);
+    Py_CLEAR(a->owner);
+    Py_CLEAR(a->extra);
+}

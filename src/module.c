@@ -1,0 +1,341 @@
+/*
+ * module.c -- the memmanager._core module: multi-phase initialisation
+ * (PEP 489), its state, its exceptions and its module-level functions.
+ *
+ *   stats()                  per-allocator and total counters
+ *   _live_buffers()          snapshot rows for memmanager.live_buffers()
+ *   get_delayed_gc_objects() identifiers of the pinned buffers
+ *   collect_delayed(ids)     unpin (and so free) pinned buffers
+ *   allocators()             registered allocator names
+ *   _release_pinned_at_exit()  called from an atexit hook
+ *   _registry_check()        the registry's invariants, for tests
+ *   _set_address_resolver(f) Python helper turning foreign pointers into ints
+ *
+ * The only process-wide state (the region registry) lives in
+ * region_registry.c; everything else is in mm_state.
+ */
+#include "memmanager.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+
+mm_state *mm_state_from_type(PyTypeObject *type)
+{
+    PyObject *module = PyType_GetModuleByDef(type, &memmanager_module_def);
+    return module ? (mm_state *)PyModule_GetState(module) : NULL;
+}
+
+static mm_state *module_state(PyObject *module)
+{
+    return (mm_state *)PyModule_GetState(module);
+}
+
+void raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,
+                   const region_info *other)
+{
+    char message[256];
+    snprintf(message, sizeof(message),
+             "region [0x%" PRIxPTR ", 0x%" PRIxPTR ") overlaps the live region "
+             "[0x%" PRIxPTR ", 0x%" PRIxPTR ") of buffer %" PRIuPTR
+             " (identifier 0x%" PRIxPTR ")",
+             start, end, other->start, other->end, other->owner_id, other->owner_id);
+    PyErr_SetString(st->OverlapError, message);
+}
+
+/* ------------------------------------------------------------------ */
+/* Module functions                                                    */
+/* ------------------------------------------------------------------ */
+
+static PyObject *stats_dict(const region_stats *s)
+{
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}",
+                         "live_buffers", (unsigned long long)s->live_buffers,
+                         "live_bytes", (unsigned long long)s->live_bytes,
+                         "peak_bytes", (unsigned long long)s->peak_bytes,
+                         "allocations", (unsigned long long)s->allocations,
+                         "allocated_bytes", (unsigned long long)s->allocated_bytes);
+}
+
+static int set_stats_item(PyObject *result, const char *name, const region_stats *s)
+{
+    PyObject *entry = stats_dict(s);
+    if (entry == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItemString(result, name, entry);
+    Py_DECREF(entry);
+    return rc;
+}
+
+static PyObject *mm_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    static char names[REGION_STATS_MAX_SLOTS][REGION_STATS_NAME_MAX];
+    static region_stats per_slot[REGION_STATS_MAX_SLOTS];
+    region_stats total;
+    int n = region_registry_stats(names, per_slot, &total);
+    PyObject *result = PyDict_New();
+    if (result == NULL || set_stats_item(result, "total", &total) < 0) {
+        goto error;
+    }
+    for (int i = 0; i < n; i++) {
+        if (set_stats_item(result, names[i], &per_slot[i]) < 0) {
+            goto error;
+        }
+    }
+    return result;
+error:
+    Py_XDECREF(result);
+    return NULL;
+}
+
+static PyObject *live_buffer_row(BufferObject *b)
+{
+    return Py_BuildValue("(NONnnO)", PyLong_FromVoidPtr(b),
+                         b->allocator->name,
+                         PyLong_FromVoidPtr(b->data), b->nbytes, b->exports,
+                         b->pinned ? Py_True : Py_False);
+}
+
+static PyObject *mm_live_buffers(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    ptrdiff_t count;
+    uintptr_t *owners = region_registry_owners(&count);
+    if (count < 0) {
+        return PyErr_NoMemory();
+    }
+    /* Owners are Buffers; none can die before this returns, since that
+     * needs the GIL, which this thread holds throughout. */
+    PyObject *rows = PyList_New(count);
+    for (ptrdiff_t i = 0; rows != NULL && i < count; i++) {
+        PyObject *row = live_buffer_row((BufferObject *)owners[i]);
+        if (row == NULL) {
+            Py_CLEAR(rows);
+            break;
+        }
+        PyList_SET_ITEM(rows, i, row);
+    }
+    PyMem_RawFree(owners);
+    return rows;
+}
+
+static PyObject *mm_get_delayed_gc_objects(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    return delayed_gc_identifiers(module_state(module));
+}
+
+static PyObject *mm_collect_delayed(PyObject *module, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"identifiers", NULL};
+    PyObject *identifiers;
+    if (unpack_arguments("collect_delayed", args, nargs, kwnames, names, 1,
+                         &identifiers) < 0) {
+        return NULL;
+    }
+    return delayed_gc_collect(module_state(module), identifiers);
+}
+
+static PyObject *mm_allocators(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    return PyDict_Keys(module_state(module)->allocators);
+}
+
+static PyObject *mm_release_pinned_at_exit(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    return delayed_gc_release_all(module_state(module));
+}
+
+static PyObject *mm_registry_check(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    const char *why = NULL;
+    ptrdiff_t count = region_registry_check(&why);
+    if (count < 0) {
+        PyErr_Format(PyExc_AssertionError, "region registry corrupt: %s", why);
+        return NULL;
+    }
+    return PyLong_FromSsize_t((Py_ssize_t)count);
+}
+
+static PyObject *mm_set_address_resolver(PyObject *module, PyObject *resolver)
+{
+    if (!PyCallable_Check(resolver)) {
+        PyErr_SetString(PyExc_TypeError, "the address resolver must be callable");
+        return NULL;
+    }
+    Py_XSETREF(module_state(module)->address_resolver, Py_NewRef(resolver));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"stats", mm_stats, METH_NOARGS,
+     "stats()\n--\n\nCounters per allocator used, and their 'total'."},
+    {"_live_buffers", mm_live_buffers, METH_NOARGS,
+     "_live_buffers()\n--\n\nRows (identifier, allocator, address, nbytes, "
+     "exports, pinned) of every live buffer, in address order."},
+    {"get_delayed_gc_objects", mm_get_delayed_gc_objects, METH_NOARGS,
+     "get_delayed_gc_objects()\n--\n\nIdentifiers of the pinned buffers."},
+    {"collect_delayed", (PyCFunction)(void (*)(void))mm_collect_delayed,
+     METH_FASTCALL | METH_KEYWORDS,
+     "collect_delayed(identifiers=None)\n--\n\n"
+     "Unpin the given pinned buffers (all when None); each is freed as soon\n"
+     "as no other reference remains.  Returns the identifiers unpinned."},
+    {"allocators", mm_allocators, METH_NOARGS,
+     "allocators()\n--\n\nNames of the registered allocators."},
+    {"_release_pinned_at_exit", mm_release_pinned_at_exit, METH_NOARGS,
+     "_release_pinned_at_exit()\n--\n\nRelease every pinned buffer (atexit)."},
+    {"_registry_check", mm_registry_check, METH_NOARGS,
+     "_registry_check()\n--\n\nVerify the registry; return the number of live regions."},
+    {"_set_address_resolver", mm_set_address_resolver, METH_O,
+     "_set_address_resolver(resolver, /)\n--\n\n"
+     "Install the callable consume() uses for ctypes/cffi pointers."},
+    {NULL},
+};
+
+/* ------------------------------------------------------------------ */
+/* Initialisation                                                      */
+/* ------------------------------------------------------------------ */
+
+static PyObject *new_exception(PyObject *module, const char *name,
+                               const char *doc, PyObject *bases)
+{
+    char qualified[96];
+    snprintf(qualified, sizeof(qualified), "memmanager.%s", name);
+    PyObject *exc = PyErr_NewExceptionWithDoc(qualified, doc, bases, NULL);
+    if (exc != NULL && PyModule_AddObjectRef(module, name, exc) < 0) {
+        Py_CLEAR(exc);
+    }
+    return exc;
+}
+
+static PyObject *derived_exception(PyObject *module, const char *name,
+                                   const char *doc, PyObject *base, PyObject *other)
+{
+    PyObject *bases = PyTuple_Pack(2, base, other);
+    if (bases == NULL) {
+        return NULL;
+    }
+    PyObject *exc = new_exception(module, name, doc, bases);
+    Py_DECREF(bases);
+    return exc;
+}
+
+static int add_exceptions(PyObject *module, mm_state *st)
+{
+    st->MemManagerError = new_exception(
+        module, "MemManagerError", "Base class of memmanager's own errors.", NULL);
+    if (st->MemManagerError == NULL) {
+        return -1;
+    }
+    st->UnknownAllocatorError = derived_exception(
+        module, "UnknownAllocatorError", "No allocator is registered under that name.",
+        st->MemManagerError, PyExc_LookupError);
+    st->OverlapError = derived_exception(
+        module, "OverlapError", "The memory overlaps a live managed region.",
+        st->MemManagerError, PyExc_ValueError);
+    st->DeviceUnavailableError = derived_exception(
+        module, "DeviceUnavailableError", "The device (GPU) cannot be used.",
+        st->MemManagerError, PyExc_RuntimeError);
+    return (st->UnknownAllocatorError && st->OverlapError &&
+            st->DeviceUnavailableError) ? 0 : -1;
+}
+
+static int add_types(PyObject *module, mm_state *st)
+{
+    st->allocator_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &allocator_type_spec, NULL);
+    st->buffer_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &buffer_type_spec, NULL);
+    if (st->allocator_type == NULL || st->buffer_type == NULL ||
+        buffer_install_vectorcall(st->buffer_type) < 0) {
+        return -1;
+    }
+    if (PyModule_AddType(module, st->buffer_type) < 0 ||
+        PyModule_AddType(module, st->allocator_type) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int module_exec(PyObject *module)
+{
+    mm_state *st = module_state(module);
+    const char *debug = getenv("MEMMANAGER_DEBUG");
+    st->debug = debug != NULL && debug[0] != '\0' && debug[0] != '0';
+    if (region_registry_init() < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot install the registry's fork handlers");
+        return -1;
+    }
+    if (add_exceptions(module, st) < 0 || add_types(module, st) < 0) {
+        return -1;
+    }
+    if ((st->allocators = PyDict_New()) == NULL ||
+        (st->pinned = PyDict_New()) == NULL ||
+        allocator_register_builtins(st) < 0) {
+        return -1;
+    }
+    if (PyModule_AddIntConstant(module, "TRACEMALLOC_DOMAIN",
+                                MEMMANAGER_TRACEMALLOC_DOMAIN) < 0 ||
+        PyModule_AddIntConstant(module, "DEBUG", st->debug) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    mm_state *st = module_state(module);
+    Py_VISIT(st->buffer_type);
+    Py_VISIT(st->allocator_type);
+    Py_VISIT(st->allocators);
+    Py_VISIT(st->default_allocator);
+    Py_VISIT(st->pinned);
+    Py_VISIT(st->MemManagerError);
+    Py_VISIT(st->UnknownAllocatorError);
+    Py_VISIT(st->OverlapError);
+    Py_VISIT(st->DeviceUnavailableError);
+    Py_VISIT(st->address_resolver);
+    return 0;
+}
+
+static int module_clear(PyObject *module)
+{
+    mm_state *st = module_state(module);
+    Py_CLEAR(st->pinned);
+    Py_CLEAR(st->address_resolver);
+    Py_CLEAR(st->allocators);
+    Py_CLEAR(st->default_allocator);
+    Py_CLEAR(st->MemManagerError);
+    Py_CLEAR(st->UnknownAllocatorError);
+    Py_CLEAR(st->OverlapError);
+    Py_CLEAR(st->DeviceUnavailableError);
+    Py_CLEAR(st->buffer_type);
+    Py_CLEAR(st->allocator_type);
+    return 0;
+}
+
+static void module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+PyModuleDef memmanager_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "memmanager._core",
+    .m_doc = "The C core of memmanager: Buffer, allocators, the region registry.",
+    .m_size = sizeof(mm_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    return PyModuleDef_Init(&memmanager_module_def);
+}

@@ -1,0 +1,340 @@
+/*
+ * region_registry.c -- the process-wide live-region registry (see the
+ * header for the idea).  The only mutable C globals of the extension live
+ * here, behind `registry_lock`.
+ *
+ * Treap: a binary search tree on `start` that is also a max-heap on
+ * `priority`.  Priorities are a 64-bit mix of a counter, so the tree's
+ * shape does not depend on the addresses the allocators hand out and its
+ * depth is O(log n) with high probability.  split/merge are iterative.
+ *
+ * Fork: the lock is taken before fork() and released in both parent and
+ * child, so a child can allocate even if another thread of the parent was
+ * inside the registry when fork() happened.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "region_registry.h"
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
+static int registry_fork_handlers_ok = 0;
+
+static region_node *tree_root = NULL;
+static ptrdiff_t tree_size = 0;
+static uint64_t priority_counter = 0;
+
+static char stats_names[REGION_STATS_MAX_SLOTS][REGION_STATS_NAME_MAX];
+static region_stats stats_slots[REGION_STATS_MAX_SLOTS];
+static int stats_slot_count = 0;
+static region_stats stats_total;
+
+/* ------------------------------------------------------------------ */
+/* Lock and fork handling                                              */
+/* ------------------------------------------------------------------ */
+
+static void lock_registry(void) { pthread_mutex_lock(&registry_lock); }
+static void unlock_registry(void) { pthread_mutex_unlock(&registry_lock); }
+
+static void install_fork_handlers(void)
+{
+    registry_fork_handlers_ok =
+        pthread_atfork(lock_registry, unlock_registry, unlock_registry) == 0;
+}
+
+int region_registry_init(void)
+{
+    pthread_once(&registry_once, install_fork_handlers);
+    return registry_fork_handlers_ok ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Treap primitives (callers hold the lock)                            */
+/* ------------------------------------------------------------------ */
+
+static uint64_t next_priority(void)
+{
+    /* splitmix64 of a counter: cheap, well mixed, deterministic. */
+    uint64_t z = (priority_counter += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Splits t into nodes with start < key (*less) and the rest (*rest). */
+static void split(region_node *t, uintptr_t key,
+                  region_node **less, region_node **rest)
+{
+    while (t != NULL) {
+        if (t->start < key) {
+            *less = t;
+            less = &t->right;
+            t = t->right;
+        }
+        else {
+            *rest = t;
+            rest = &t->left;
+            t = t->left;
+        }
+    }
+    *less = NULL;
+    *rest = NULL;
+}
+
+/* Joins two treaps where every start in a is below every start in b. */
+static region_node *merge(region_node *a, region_node *b)
+{
+    region_node *root = NULL;
+    region_node **link = &root;
+    while (a != NULL && b != NULL) {
+        if (a->priority > b->priority) {
+            *link = a;
+            link = &a->right;
+            a = a->right;
+        }
+        else {
+            *link = b;
+            link = &b->left;
+            b = b->left;
+        }
+    }
+    *link = (a != NULL) ? a : b;
+    return root;
+}
+
+/* The live region with the greatest start below `end`, if it reaches
+ * past `start`: the only candidate for an overlap with [start, end). */
+static region_node *tree_find_overlap(uintptr_t start, uintptr_t end)
+{
+    region_node *t = tree_root;
+    region_node *below = NULL;
+    while (t != NULL) {
+        if (t->start < end) {
+            below = t;
+            t = t->right;
+        }
+        else {
+            t = t->left;
+        }
+    }
+    return (below != NULL && below->end > start) ? below : NULL;
+}
+
+static void tree_insert(region_node *node)
+{
+    region_node **link = &tree_root;
+    while (*link != NULL && (*link)->priority >= node->priority) {
+        link = (node->start < (*link)->start) ? &(*link)->left : &(*link)->right;
+    }
+    split(*link, node->start, &node->left, &node->right);
+    *link = node;
+    tree_size++;
+}
+
+static void tree_remove(region_node *node)
+{
+    region_node **link = &tree_root;
+    while (*link != node) {
+        link = (node->start < (*link)->start) ? &(*link)->left : &(*link)->right;
+    }
+    *link = merge(node->left, node->right);
+    node->left = node->right = NULL;
+    tree_size--;
+}
+
+static void describe(const region_node *node, region_info *info)
+{
+    info->start = node->start;
+    info->end = node->end;
+    info->owner_id = node->owner_id;
+}
+
+/* ------------------------------------------------------------------ */
+/* Statistics (callers hold the lock)                                  */
+/* ------------------------------------------------------------------ */
+
+static void stats_add(region_stats *s, uint64_t nbytes)
+{
+    s->live_buffers++;
+    s->live_bytes += nbytes;
+    s->allocations++;
+    s->allocated_bytes += nbytes;
+    if (s->live_bytes > s->peak_bytes) {
+        s->peak_bytes = s->live_bytes;
+    }
+}
+
+static void stats_sub(region_stats *s, uint64_t nbytes)
+{
+    s->live_buffers--;
+    s->live_bytes -= nbytes;
+}
+
+/* ------------------------------------------------------------------ */
+/* Public operations                                                   */
+/* ------------------------------------------------------------------ */
+
+int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
+                           uintptr_t owner_id, int stats_slot,
+                           region_info *conflict)
+{
+    lock_registry();
+    region_node *other = tree_find_overlap(start, end);
+    if (other != NULL) {
+        describe(other, conflict);
+        unlock_registry();
+        return 1;
+    }
+    node->start = start;
+    node->end = end;
+    node->owner_id = owner_id;
+    node->stats_slot = stats_slot;
+    node->priority = next_priority();
+    tree_insert(node);
+    node->linked = 1;
+    stats_add(&stats_slots[stats_slot], end - start);
+    stats_add(&stats_total, end - start);
+    unlock_registry();
+    return 0;
+}
+
+void region_registry_remove(region_node *node)
+{
+    lock_registry();
+    if (node->linked) {
+        tree_remove(node);
+        node->linked = 0;
+        stats_sub(&stats_slots[node->stats_slot], node->end - node->start);
+        stats_sub(&stats_total, node->end - node->start);
+    }
+    unlock_registry();
+}
+
+int region_registry_find_overlap(uintptr_t start, uintptr_t end,
+                                 region_info *conflict)
+{
+    lock_registry();
+    region_node *other = tree_find_overlap(start, end);
+    if (other != NULL) {
+        describe(other, conflict);
+    }
+    unlock_registry();
+    return other != NULL;
+}
+
+int region_registry_stats_slot(const char *name)
+{
+    int slot = -1;
+    lock_registry();
+    for (int i = 0; i < stats_slot_count; i++) {
+        if (strncmp(stats_names[i], name, REGION_STATS_NAME_MAX - 1) == 0) {
+            slot = i;
+            break;
+        }
+    }
+    if (slot < 0 && stats_slot_count < REGION_STATS_MAX_SLOTS) {
+        slot = stats_slot_count++;
+        strncpy(stats_names[slot], name, REGION_STATS_NAME_MAX - 1);
+        stats_names[slot][REGION_STATS_NAME_MAX - 1] = '\0';
+    }
+    unlock_registry();
+    return slot;
+}
+
+int region_registry_stats(char names[][REGION_STATS_NAME_MAX],
+                          region_stats *stats, region_stats *total)
+{
+    int written = 0;
+    lock_registry();
+    for (int i = 0; i < stats_slot_count; i++) {
+        if (stats_slots[i].allocations == 0) {
+            continue;   /* registered but never used */
+        }
+        memcpy(names[written], stats_names[i], REGION_STATS_NAME_MAX);
+        stats[written] = stats_slots[i];
+        written++;
+    }
+    *total = stats_total;
+    unlock_registry();
+    return written;
+}
+
+static void collect_owners(const region_node *t, uintptr_t *out, ptrdiff_t *n)
+{
+    while (t != NULL) {
+        collect_owners(t->left, out, n);
+        out[(*n)++] = t->owner_id;
+        t = t->right;
+    }
+}
+
+uintptr_t *region_registry_owners(ptrdiff_t *count)
+{
+    lock_registry();
+    uintptr_t *owners = NULL;
+    *count = 0;
+    if (tree_size > 0) {
+        owners = PyMem_RawMalloc(sizeof(uintptr_t) * (size_t)tree_size);
+        if (owners == NULL) {
+            *count = -1;
+        }
+        else {
+            collect_owners(tree_root, owners, count);
+        }
+    }
+    unlock_registry();
+    return owners;
+}
+
+/* In-order walk checking order, disjointness, heap order; counts nodes. */
+static int check_subtree(const region_node *t, uintptr_t *last_end,
+                         ptrdiff_t *count, const char **why)
+{
+    if (t == NULL) {
+        return 0;
+    }
+    if ((t->left && t->left->priority > t->priority) ||
+        (t->right && t->right->priority > t->priority)) {
+        *why = "heap order violated";
+        return -1;
+    }
+    if (check_subtree(t->left, last_end, count, why) < 0) {
+        return -1;
+    }
+    if (t->start >= t->end) {
+        *why = "empty or inverted region";
+        return -1;
+    }
+    if (t->start < *last_end) {
+        *why = "regions out of order or overlapping";
+        return -1;
+    }
+    if (!t->linked) {
+        *why = "node in tree not marked linked";
+        return -1;
+    }
+    *last_end = t->end;
+    (*count)++;
+    return check_subtree(t->right, last_end, count, why);
+}
+
+ptrdiff_t region_registry_check(const char **why)
+{
+    uintptr_t last_end = 0;
+    ptrdiff_t count = 0;
+    lock_registry();
+    int rc = check_subtree(tree_root, &last_end, &count, why);
+    if (rc == 0 && count != tree_size) {
+        *why = "node count does not match the tree size";
+        rc = -1;
+    }
+    if (rc == 0 && (ptrdiff_t)stats_total.live_buffers != tree_size) {
+        *why = "total live_buffers does not match the tree size";
+        rc = -1;
+    }
+    unlock_registry();
+    return rc < 0 ? -1 : count;
+}

@@ -1,0 +1,84 @@
+/*
+ * region_registry.h -- the process-wide registry of live memory regions.
+ *
+ * Every live buffer's [start, end) is one node of a treap ordered by start.
+ * Live regions never overlap, so the only region that can overlap a new
+ * [start, end) is the one with the greatest start below `end`: insert,
+ * remove and the overlap query are all one root-to-leaf walk, O(log n)
+ * expected.  Nodes are intrusive (embedded in the Buffer object), so the
+ * registry allocates nothing per buffer.
+ *
+ * The registry has its own mutex, independent of the GIL, so allocation
+ * paths may release the GIL; it never calls into Python while holding it.
+ * Per-allocator statistics live here too, updated under the same lock.
+ */
+#ifndef MEMMANAGER_REGION_REGISTRY_H
+#define MEMMANAGER_REGION_REGISTRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct region_node {
+    uintptr_t start;            /* first byte */
+    uintptr_t end;              /* one past the last byte */
+    uintptr_t owner_id;         /* the owning buffer's identifier */
+    struct region_node *left;
+    struct region_node *right;
+    uint64_t priority;          /* treap heap key */
+    int stats_slot;             /* which allocator's counters */
+    int linked;                 /* 1 while in the tree */
+} region_node;
+
+/* What an overlap query reports about the region in the way. */
+typedef struct {
+    uintptr_t start;
+    uintptr_t end;
+    uintptr_t owner_id;
+} region_info;
+
+typedef struct {
+    uint64_t live_buffers;
+    uint64_t live_bytes;
+    uint64_t peak_bytes;
+    uint64_t allocations;
+    uint64_t allocated_bytes;
+} region_stats;
+
+#define REGION_STATS_MAX_SLOTS 256
+#define REGION_STATS_NAME_MAX 64
+
+/* Sets up the lock and fork handlers once per process; 0 on success. */
+int region_registry_init(void);
+
+/* Inserts node for [start, end) unless it overlaps a live region, in which
+ * case 1 is returned and *conflict describes that region.  0 on success. */
+int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
+                           uintptr_t owner_id, int stats_slot,
+                           region_info *conflict);
+
+/* Removes a linked node; a node that is not linked is left alone. */
+void region_registry_remove(region_node *node);
+
+/* 1 and *conflict filled when [start, end) overlaps a live region, else 0. */
+int region_registry_find_overlap(uintptr_t start, uintptr_t end,
+                                 region_info *conflict);
+
+/* Stats slot for an allocator name (created on first use); -1 when full. */
+int region_registry_stats_slot(const char *name);
+
+/* Copies the counters of every slot that has been used.  Returns the
+ * number of slots written to names/stats (at most REGION_STATS_MAX_SLOTS);
+ * *total receives the process-wide counters. */
+int region_registry_stats(char names[][REGION_STATS_NAME_MAX],
+                          region_stats *stats, region_stats *total);
+
+/* Snapshot of the owner ids of all live regions in address order.  Returns
+ * a PyMem_RawMalloc'd array (caller frees) and its length in *count;
+ * NULL with *count == 0 when empty or out of memory (*count == -1). */
+uintptr_t *region_registry_owners(ptrdiff_t *count);
+
+/* Checks ordering, disjointness, heap order and the node count; returns
+ * the number of live regions, or -1 with a message in *why. */
+ptrdiff_t region_registry_check(const char **why);
+
+#endif /* MEMMANAGER_REGION_REGISTRY_H */
