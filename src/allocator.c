@@ -182,7 +182,8 @@ int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
         ptr = call_allocate(vt, size, zero);
     }
     if (ptr == NULL) {
-        PyErr_NoMemory();
+        PyErr_Format(PyExc_MemoryError, "Allocator %U could not allocate %zu bytes",
+                     alloc->name, size);
         return -1;
     }
     if (init_byte > 0) {

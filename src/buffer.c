@@ -208,7 +208,7 @@ static void buffer_dealloc(PyObject *op)
     BufferObject *self = (BufferObject *)op;
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
-    if (PyObject_CallFinalizerFromDealloc(op) < 0) {
+    if (self->death_stub != NULL && PyObject_CallFinalizerFromDealloc(op) < 0) {
         return;   /* resurrected by the death stub */
     }
     if (self->weakreflist != NULL) {

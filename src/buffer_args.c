@@ -72,6 +72,14 @@ int unpack_arguments(const char *funcname, PyObject *const *args,
 
 int parse_size(PyObject *obj, const char *what, Py_ssize_t *out)
 {
+    if (PyLong_CheckExact(obj)) {       /* the common case, no conversion */
+        Py_ssize_t value = PyLong_AsSsize_t(obj);
+        if (value >= 1) {
+            *out = value;
+            return 0;
+        }
+        PyErr_Clear();   /* fall through for the precise error */
+    }
     if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s",
                      what, Py_TYPE(obj)->tp_name);

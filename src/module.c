@@ -36,9 +36,8 @@ void raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,
     char message[256];
     snprintf(message, sizeof(message),
              "region [0x%" PRIxPTR ", 0x%" PRIxPTR ") overlaps the live region "
-             "[0x%" PRIxPTR ", 0x%" PRIxPTR ") of buffer %" PRIuPTR
-             " (identifier 0x%" PRIxPTR ")",
-             start, end, other->start, other->end, other->owner_id, other->owner_id);
+             "[0x%" PRIxPTR ", 0x%" PRIxPTR ") of the buffer with identifier %" PRIuPTR,
+             start, end, other->start, other->end, other->owner_id);
     PyErr_SetString(st->OverlapError, message);
 }
 
