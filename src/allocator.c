@@ -6,8 +6,9 @@
  * What lives here and not in the vtables:
  *   - the init byte: zero goes through calloc (lazy zero pages for large
  *     blocks, never a second pass), any other byte through malloc+memset;
- *   - releasing the GIL around large calls to thread-safe allocators and
+ *   - releasing the GIL around large frees by thread-safe allocators and
  *     around large memsets (the block is not shared with anybody yet);
+ *   - transparent huge pages for large non-zeroed heap blocks;
  *   - tracemalloc reporting under MEMMANAGER_TRACEMALLOC_DOMAIN for every
  *     allocator that does not use PyMem_* (which Python traces itself).
  *
@@ -17,9 +18,17 @@
 #include "memmanager.h"
 
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
-/* Above this size the GIL is released around allocation, fill and free. */
+/* Above this size the GIL is released around a fill and a free (a munmap
+ * of touched pages); allocation itself is at most one quick mmap. */
 #define RELEASE_GIL_THRESHOLD ((size_t)1 << 20)
+
+/* From this size on, blocks of the built-in heap allocators are advised to
+ * use transparent huge pages: one fault per 2 MiB instead of per 4 KiB,
+ * which is most of the cost of touching a fresh 64 MiB block. */
+#define HUGEPAGE_THRESHOLD ((size_t)4 << 20)
 
 /* ------------------------------------------------------------------ */
 /* The Allocator type                                                  */
@@ -80,6 +89,8 @@ PyObject *allocator_new(mm_state *st, const char *name,
     self->stats_slot = slot;
     self->uses_pymem = (vtable == &mm_pyalloc_vtable);
     self->consume_only = (vtable == &mm_borrowed_vtable);
+    self->advise_hugepages = (vtable == &mm_pyalloc_vtable ||
+                              vtable == &mm_cmalloc_vtable);
     self->name = PyUnicode_FromString(name);
     if (self->name == NULL) {
         Py_DECREF(self);
@@ -112,6 +123,11 @@ int allocator_register_builtins(mm_state *st)
 
 AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
 {
+    if (st->allocators == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot allocate: memmanager is shutting down");
+        return NULL;
+    }
     if (name == NULL) {
         return (AllocatorObject *)st->default_allocator;
     }
@@ -154,6 +170,22 @@ void allocator_track(AllocatorObject *alloc, mm_block *block)
     }
 }
 
+/* madvise only the whole pages inside the block, which belong to it alone. */
+static void advise_hugepages(void *ptr, size_t size)
+{
+#ifdef MADV_HUGEPAGE
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t first = ((uintptr_t)ptr + page - 1) & ~(page - 1);
+    uintptr_t last = ((uintptr_t)ptr + size) & ~(page - 1);
+    if (last > first) {
+        (void)madvise((void *)first, last - first, MADV_HUGEPAGE);
+    }
+#else
+    (void)ptr;
+    (void)size;
+#endif
+}
+
 static void *call_allocate(const MemManagerAllocator *vt, size_t size, int zero)
 {
     return zero ? vt->calloc(vt->ctx, size, 1) : vt->malloc(vt->ctx, size);
@@ -164,7 +196,6 @@ int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
 {
     const MemManagerAllocator *vt = alloc->vtable;
     int zero = (init_byte == 0);
-    int big = size >= RELEASE_GIL_THRESHOLD;
     void *ptr;
 
     if (alloc->consume_only) {
@@ -173,21 +204,18 @@ int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
                      alloc->name);
         return -1;
     }
-    if (big && !alloc->uses_pymem) {
-        Py_BEGIN_ALLOW_THREADS
-        ptr = call_allocate(vt, size, zero);
-        Py_END_ALLOW_THREADS
-    }
-    else {
-        ptr = call_allocate(vt, size, zero);
-    }
+    ptr = call_allocate(vt, size, zero);   /* an mmap at most: quick */
     if (ptr == NULL) {
         PyErr_Format(PyExc_MemoryError, "Allocator %U could not allocate %zu bytes",
                      alloc->name, size);
         return -1;
     }
+    /* Zeroed blocks are left to the kernel's lazy zero pages, untouched. */
+    if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
+        advise_hugepages(ptr, size);
+    }
     if (init_byte > 0) {
-        if (big) {
+        if (size >= RELEASE_GIL_THRESHOLD) {
             Py_BEGIN_ALLOW_THREADS
             memset(ptr, init_byte, size);
             Py_END_ALLOW_THREADS

@@ -529,8 +529,8 @@ static PyMethodDef buffer_methods[] = {
     {"get_delayed_gc_objects", method_get_delayed_gc_objects, METH_NOARGS | METH_CLASS,
      "get_delayed_gc_objects($cls, /)\n--\n\nIdentifiers of the pinned buffers."},
     {"extract_buffer_region", (PyCFunction)(void (*)(void))buffer_extract_region,
-     METH_FASTCALL,
-     "extract_buffer_region($self, start=None, end=None, /)\n--\n\n"
+     METH_FASTCALL | METH_KEYWORDS,
+     "extract_buffer_region($self, start=None, end=None)\n--\n\n"
      "A bytes copy of [start, end], end inclusive (the Perl method).\n"
      "Returns None when end >= nbytes, start > end or either is negative."},
     {"region", (PyCFunction)(void (*)(void))buffer_region,

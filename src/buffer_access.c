@@ -95,12 +95,17 @@ PyObject *buffer_region(PyObject *op, PyObject *const *args,
                         "region() takes at most 2 positional arguments (3 given)");
         return NULL;
     }
+    /* Conversions may run Python code (__index__, __bool__), which may
+     * release this buffer: check that it is live only after them. */
     if (unpack_arguments("region", args, nargs, kwnames, names, 2, values) < 0 ||
-        buffer_check_live(self) < 0 ||
         parse_bound(values[0], 0, "start", &start) < 0 ||
-        parse_bound(values[1], self->nbytes, "stop", &stop) < 0 ||
-        (readonly = parse_flag(values[2], 0)) < 0) {
+        parse_bound(values[1], PY_SSIZE_T_MAX, "stop", &stop) < 0 ||
+        (readonly = parse_flag(values[2], 0)) < 0 ||
+        buffer_check_live(self) < 0) {
         return NULL;
+    }
+    if (values[1] == NULL || values[1] == Py_None) {
+        stop = self->nbytes;
     }
     if (start < 0 || stop > self->nbytes || start > stop) {
         PyErr_Format(PyExc_IndexError,
@@ -142,20 +147,23 @@ static PyObject *copy_to_bytes(BufferObject *self, Py_ssize_t offset,
     return result;
 }
 
-PyObject *buffer_extract_region(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+PyObject *buffer_extract_region(PyObject *op, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames)
 {
+    static const char *const names[] = {"start", "end", NULL};
     BufferObject *self = (BufferObject *)op;
+    PyObject *values[2];
     Py_ssize_t start, end;
-    if (nargs > 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "extract_buffer_region() takes at most 2 arguments (%zd given)",
-                     nargs);
+    /* Convert first (may run Python code), then look at the buffer. */
+    if (unpack_arguments("extract_buffer_region", args, nargs, kwnames, names,
+                         2, values) < 0 ||
+        parse_bound(values[0], 0, "start", &start) < 0 ||
+        parse_bound(values[1], 0, "end", &end) < 0 ||
+        buffer_check_live(self) < 0) {
         return NULL;
     }
-    if (buffer_check_live(self) < 0 ||
-        parse_bound(nargs > 0 ? args[0] : NULL, 0, "start", &start) < 0 ||
-        parse_bound(nargs > 1 ? args[1] : NULL, self->nbytes - 1, "end", &end) < 0) {
-        return NULL;
+    if (values[1] == NULL || values[1] == Py_None) {
+        end = self->nbytes - 1;
     }
     if (start < 0 || end < 0 || end >= self->nbytes || start > end) {
         Py_RETURN_NONE;   /* the Perl contract: undef, no exception */
@@ -186,10 +194,12 @@ PyObject *buffer_item(PyObject *op, Py_ssize_t index)
     return PyLong_FromLong((unsigned char)self->data[index]);
 }
 
+/* Converts key (which may run Python code), then checks that the buffer
+ * is still live and the index inside it. */
 static int normalise_index(BufferObject *self, PyObject *key, Py_ssize_t *index)
 {
     Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
-    if (i == -1 && PyErr_Occurred()) {
+    if ((i == -1 && PyErr_Occurred()) || buffer_check_live(self) < 0) {
         return -1;
     }
     if (i < 0) {
@@ -206,7 +216,8 @@ static int normalise_index(BufferObject *self, PyObject *key, Py_ssize_t *index)
 static PyObject *slice_to_bytes(BufferObject *self, PyObject *slice)
 {
     Py_ssize_t start, stop, step;
-    if (PySlice_Unpack(slice, &start, &stop, &step) < 0) {
+    if (PySlice_Unpack(slice, &start, &stop, &step) < 0 ||
+        buffer_check_live(self) < 0) {
         return NULL;
     }
     Py_ssize_t length = PySlice_AdjustIndices(self->nbytes, &start, &stop, step);
@@ -228,7 +239,7 @@ PyObject *buffer_subscript(PyObject *op, PyObject *key)
 {
     BufferObject *self = (BufferObject *)op;
     Py_ssize_t index;
-    if (buffer_check_live(self) < 0) {
+    if (buffer_check_live(self) < 0) {   /* checked again after conversions */
         return NULL;
     }
     if (PyIndex_Check(key)) {
@@ -249,9 +260,6 @@ PyObject *buffer_subscript(PyObject *op, PyObject *key)
 static int store_byte(BufferObject *self, PyObject *key, PyObject *value)
 {
     Py_ssize_t index;
-    if (normalise_index(self, key, &index) < 0) {
-        return -1;
-    }
     if (PyBool_Check(value) || !PyIndex_Check(value)) {
         PyErr_Format(PyExc_TypeError, "a byte must be an int, not %.100s",
                      Py_TYPE(value)->tp_name);
@@ -265,6 +273,10 @@ static int store_byte(BufferObject *self, PyObject *key, PyObject *value)
         PyErr_SetString(PyExc_ValueError, "byte must be in range(0, 256)");
         return -1;
     }
+    /* Last conversion: after it nothing runs Python code before the store. */
+    if (normalise_index(self, key, &index) < 0 || buffer_check_writable(self) < 0) {
+        return -1;
+    }
     self->data[index] = (char)byte;
     return 0;
 }
@@ -273,14 +285,15 @@ static int store_slice(BufferObject *self, PyObject *slice, PyObject *value)
 {
     Py_ssize_t start, stop, step;
     Py_buffer source;
-    if (PySlice_Unpack(slice, &start, &stop, &step) < 0) {
-        return -1;
-    }
-    Py_ssize_t length = PySlice_AdjustIndices(self->nbytes, &start, &stop, step);
-    if (PyObject_GetBuffer(value, &source, PyBUF_SIMPLE) < 0) {
+    if (PySlice_Unpack(slice, &start, &stop, &step) < 0 ||
+        PyObject_GetBuffer(value, &source, PyBUF_SIMPLE) < 0) {
         return -1;
     }
     int rc = -1;
+    if (buffer_check_writable(self) < 0) {
+        goto done;
+    }
+    Py_ssize_t length = PySlice_AdjustIndices(self->nbytes, &start, &stop, step);
     if (source.len != length) {
         PyErr_Format(PyExc_ValueError,
                      "a Buffer cannot change size: the slice has %zd bytes, "
@@ -318,9 +331,6 @@ int buffer_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
     if (value == NULL) {
         PyErr_SetString(PyExc_TypeError,
                         "a Buffer cannot change size: deleting items is not supported");
-        return -1;
-    }
-    if (buffer_check_writable(self) < 0) {
         return -1;
     }
     if (PyIndex_Check(key)) {

@@ -287,7 +287,9 @@ static int assign_option(buffer_args *a, PyObject *key, PyObject *value,
 
 static int assign_mapping(buffer_args *a, PyObject *options, int consume_keys)
 {
-    if (!PyMapping_Check(options) || PySequence_Check(options)) {
+    /* As dict.update() decides: a mapping is what has keys(). */
+    int has_keys = PyDict_Check(options) ? 1 : PyObject_HasAttrString(options, "keys");
+    if (!has_keys || !PyMapping_Check(options)) {
         PyErr_Format(PyExc_TypeError, "options must be a mapping, not %.100s",
                      Py_TYPE(options)->tp_name);
         return -1;
@@ -336,9 +338,6 @@ int parse_options(PyObject *options, PyObject *const *kwvalues,
                      "death_stub must be callable or None, not %.100s",
                      Py_TYPE(a->death_stub)->tp_name);
         return -1;
-    }
-    if (a->allocator == Py_None) {
-        Py_CLEAR(a->allocator);
     }
     return 0;
 }

@@ -207,6 +207,28 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
 /* Adopting a buffer-protocol object (PyAlloc)                         */
 /* ------------------------------------------------------------------ */
 
+/* A writable export failed: when a read-only one works, the reason was
+ * writability, reported as BufferError whatever the exporter raised. */
+static int refuse_read_only(PyObject *source, int flags)
+{
+    PyObject *type, *value, *tb;
+    Py_buffer probe;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyObject_GetBuffer(source, &probe, flags) < 0) {
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    PyBuffer_Release(&probe);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    PyErr_Format(PyExc_BufferError,
+                 "readonly=False, but the %.100s source is read-only",
+                 Py_TYPE(source)->tp_name);
+    return -1;
+}
+
 /* Export of the source: writable when possible, as asked by readonly=
  * (-1: follow the source, 0: must be writable, 1: read-only). */
 static int export_source(PyObject *source, int readonly, Py_buffer *view)
@@ -218,9 +240,12 @@ static int export_source(PyObject *source, int readonly, Py_buffer *view)
     if (PyObject_GetBuffer(source, view, flags | PyBUF_WRITABLE) == 0) {
         return 0;
     }
-    if (readonly == 0 || !PyErr_ExceptionMatches(PyExc_BufferError)) {
-        return -1;
+    if (readonly == 0) {
+        return refuse_read_only(source, flags);
     }
+    /* Exporters refuse a writable view with different exceptions (NumPy
+     * raises ValueError): whatever it was, ask again for a read-only one;
+     * if that fails too, its error is the one the caller sees. */
     PyErr_Clear();
     return PyObject_GetBuffer(source, view, flags);
 }
@@ -317,7 +342,7 @@ error:
 
 static AllocatorObject *consume_allocator(mm_state *st, buffer_args *a, int is_address)
 {
-    if (a->allocator != NULL) {
+    if (a->allocator != NULL && a->allocator != Py_None) {
         return allocator_lookup(st, a->allocator);
     }
     PyObject *name = PyUnicode_FromString(is_address ? "CMalloc" : "PyAlloc");

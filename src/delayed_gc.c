@@ -9,8 +9,20 @@
  */
 #include "memmanager.h"
 
+/* After the module state was cleared (late in interpreter shutdown) there
+ * is no pinned dict: nothing can be pinned, and unpinning is a no-op. */
+static int shutting_down(mm_state *st)
+{
+    return st == NULL || st->pinned == NULL;
+}
+
 int delayed_gc_pin(mm_state *st, BufferObject *self)
 {
+    if (shutting_down(st)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot pin a buffer: memmanager is shutting down");
+        return -1;
+    }
     PyObject *key = PyLong_FromVoidPtr(self);
     if (key == NULL) {
         return -1;
@@ -27,7 +39,8 @@ int delayed_gc_pin(mm_state *st, BufferObject *self)
  * on using self. */
 int delayed_gc_unpin(mm_state *st, BufferObject *self)
 {
-    if (!self->pinned) {
+    if (!self->pinned || shutting_down(st)) {
+        self->pinned = 0;
         return 0;
     }
     PyObject *key = PyLong_FromVoidPtr(self);
@@ -42,6 +55,9 @@ int delayed_gc_unpin(mm_state *st, BufferObject *self)
 
 PyObject *delayed_gc_identifiers(mm_state *st)
 {
+    if (shutting_down(st)) {
+        return PyList_New(0);
+    }
     return PyDict_Keys(st->pinned);
 }
 
@@ -88,6 +104,9 @@ static PyObject *keys_to_collect(mm_state *st, PyObject *identifiers)
 
 PyObject *delayed_gc_collect(mm_state *st, PyObject *identifiers)
 {
+    if (shutting_down(st)) {
+        return PyList_New(0);
+    }
     PyObject *keys = keys_to_collect(st, identifiers);
     PyObject *collected = keys ? PyList_New(0) : NULL;
     if (collected == NULL) {
@@ -123,6 +142,9 @@ error:
  * unpinned after its stub ran, and freed when its last export goes. */
 PyObject *delayed_gc_release_all(mm_state *st)
 {
+    if (shutting_down(st)) {
+        Py_RETURN_NONE;
+    }
     PyObject *buffers = PyDict_Values(st->pinned);
     if (buffers == NULL) {
         return NULL;

@@ -73,6 +73,7 @@ typedef struct {
     int stats_slot;                    /* index in the registry's stats table */
     int uses_pymem;                    /* PyMem_*: GIL needed, already traced */
     int consume_only;                  /* cannot allocate (Borrowed) */
+    int advise_hugepages;              /* heap blocks: madvise huge pages */
 } AllocatorObject;
 
 /* One allocated block as the allocator returned it. */
@@ -177,7 +178,8 @@ Py_ssize_t buffer_length(PyObject *op);
 PyObject *buffer_item(PyObject *op, Py_ssize_t index);
 PyObject *buffer_subscript(PyObject *op, PyObject *key);
 int buffer_ass_subscript(PyObject *op, PyObject *key, PyObject *value);
-PyObject *buffer_extract_region(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *buffer_extract_region(PyObject *self, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames);
 PyObject *buffer_region(PyObject *self, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
 

@@ -85,23 +85,29 @@ static uint64_t next_priority(void)
     return z ^ (z >> 31);
 }
 
-/* Splits t into nodes with start < key (*less) and the rest (*rest).
- * Along the way it sees the greatest start below key (*below) and the
- * smallest start at or above it (*above), when they are in t. */
-static void split(region_node *t, uintptr_t key,
+/* Splits t into nodes with start < key (*less) and the rest (*rest); the
+ * roots of both halves get `parent`.  Along the way it sees the greatest
+ * start below key (*below) and the smallest start at or above it
+ * (*above), when they are in t. */
+static void split(region_node *t, uintptr_t key, region_node *parent,
                   region_node **less, region_node **rest,
                   region_node **below, region_node **above)
 {
+    region_node *less_parent = parent, *rest_parent = parent;
     while (t != NULL) {
         if (t->start < key) {
             *below = t;
             *less = t;
+            t->parent = less_parent;
+            less_parent = t;
             less = &t->right;
             t = t->right;
         }
         else {
             *above = t;
             *rest = t;
+            t->parent = rest_parent;
+            rest_parent = t;
             rest = &t->left;
             t = t->left;
         }
@@ -110,24 +116,32 @@ static void split(region_node *t, uintptr_t key,
     *rest = NULL;
 }
 
-/* Joins two treaps where every start in a is below every start in b. */
-static region_node *merge(region_node *a, region_node *b)
+/* Joins two treaps where every start in a is below every start in b; the
+ * root of the result gets `parent`. */
+static region_node *merge(region_node *a, region_node *b, region_node *parent)
 {
     region_node *root = NULL;
     region_node **link = &root;
     while (a != NULL && b != NULL) {
         if (a->priority > b->priority) {
             *link = a;
+            a->parent = parent;
+            parent = a;
             link = &a->right;
             a = a->right;
         }
         else {
             *link = b;
+            b->parent = parent;
+            parent = b;
             link = &b->left;
             b = b->left;
         }
     }
     *link = (a != NULL) ? a : b;
+    if (*link != NULL) {
+        (*link)->parent = parent;
+    }
     return root;
 }
 
@@ -156,40 +170,44 @@ static region_node *tree_find_overlap(uintptr_t start, uintptr_t end)
 static region_node *tree_insert_unless_overlap(region_node *node)
 {
     region_node **link = &tree_root;
+    region_node *parent = NULL;
     region_node *below = NULL, *above = NULL, *less, *rest;
     while (*link != NULL && (*link)->priority >= node->priority) {
-        if (node->start < (*link)->start) {
-            above = *link;
-            link = &(*link)->left;
+        parent = *link;
+        if (node->start < parent->start) {
+            above = parent;
+            link = &parent->left;
         }
         else {
-            below = *link;
-            link = &(*link)->right;
+            below = parent;
+            link = &parent->right;
         }
     }
-    split(*link, node->start, &less, &rest, &below, &above);
+    split(*link, node->start, node, &less, &rest, &below, &above);
     region_node *in_the_way =
         (below != NULL && below->end > node->start) ? below :
         (above != NULL && above->start < node->end) ? above : NULL;
     if (in_the_way != NULL) {
-        *link = merge(less, rest);
+        *link = merge(less, rest, parent);
         return in_the_way;
     }
     node->left = less;
     node->right = rest;
+    node->parent = parent;
     *link = node;
     tree_size++;
     return NULL;
 }
 
+/* O(1) expected: the parent pointer finds the link, and merging a random
+ * node's two subtrees walks two spines of expected constant length. */
 static void tree_remove(region_node *node)
 {
-    region_node **link = &tree_root;
-    while (*link != node) {
-        link = (node->start < (*link)->start) ? &(*link)->left : &(*link)->right;
-    }
-    *link = merge(node->left, node->right);
-    node->left = node->right = NULL;
+    region_node *parent = node->parent;
+    region_node **link = parent == NULL ? &tree_root
+                       : parent->left == node ? &parent->left : &parent->right;
+    *link = merge(node->left, node->right, parent);
+    node->left = node->right = node->parent = NULL;
     tree_size--;
 }
 
@@ -348,6 +366,10 @@ static int check_subtree(const region_node *t, uintptr_t *last_end,
         *why = "heap order violated";
         return -1;
     }
+    if ((t->left && t->left->parent != t) || (t->right && t->right->parent != t)) {
+        *why = "parent pointer does not match";
+        return -1;
+    }
     if (check_subtree(t->left, last_end, count, why) < 0) {
         return -1;
     }
@@ -373,7 +395,14 @@ ptrdiff_t region_registry_check(const char **why)
     uintptr_t last_end = 0;
     ptrdiff_t count = 0;
     lock_registry();
-    int rc = check_subtree(tree_root, &last_end, &count, why);
+    int rc = 0;
+    if (tree_root != NULL && tree_root->parent != NULL) {
+        *why = "the root has a parent";
+        rc = -1;
+    }
+    if (rc == 0) {
+        rc = check_subtree(tree_root, &last_end, &count, why);
+    }
     if (rc == 0 && count != tree_size) {
         *why = "node count does not match the tree size";
         rc = -1;

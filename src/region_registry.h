@@ -2,10 +2,10 @@
  * region_registry.h -- the process-wide registry of live memory regions.
  *
  * Every live buffer's [start, end) is one node of a treap ordered by start.
- * Live regions never overlap, so the only region that can overlap a new
- * [start, end) is the one with the greatest start below `end`: insert,
- * remove and the overlap query are all one root-to-leaf walk, O(log n)
- * expected.  Nodes are intrusive (embedded in the Buffer object), so the
+ * Live regions never overlap, so the only regions that can overlap a new
+ * [start, end) are its neighbours in address order: insert (with its
+ * overlap check) and the overlap query are one root-to-leaf walk, O(log n)
+ * expected; remove follows the parent pointer, O(1) expected.  Nodes are intrusive (embedded in the Buffer object), so the
  * registry allocates nothing per buffer.
  *
  * The registry has its own mutex, independent of the GIL, so allocation
@@ -24,6 +24,7 @@ typedef struct region_node {
     uintptr_t owner_id;         /* the owning buffer's identifier */
     struct region_node *left;
     struct region_node *right;
+    struct region_node *parent; /* NULL for the root */
     uint64_t priority;          /* treap heap key */
     int stats_slot;             /* which allocator's counters */
     int linked;                 /* 1 while in the tree */
