@@ -29,9 +29,9 @@ demo: build
 test: build
 	$(PY) -m pytest -q tests
 
+# Quick ratios of the core's hot paths against their peers (DESIGN section 9).
 bench: build
-	$(PY) -m pip install -q -e '.[bench]' --no-build-isolation
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/bench_core.py
 
 clean:
 	rm -rf build $(VENV) memmanager/*.so *.egg-info

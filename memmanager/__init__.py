@@ -7,8 +7,9 @@ Perl module Task::MemManager; the C core lives in memmanager._core.
 """
 
 import atexit as _atexit
-import collections as _collections
 import os as _os
+from typing import List as _List
+from typing import NamedTuple as _NamedTuple
 
 from . import _address
 from . import _core
@@ -45,17 +46,23 @@ __all__ = [
     "stats",
 ]
 
-LiveBuffer = _collections.namedtuple(
-    "LiveBuffer", ["identifier", "allocator", "address", "nbytes", "exports", "pinned"])
-LiveBuffer.__doc__ = "One row of live_buffers(): a live buffer at the time of the call."
+class LiveBuffer(_NamedTuple):
+    """One row of live_buffers(): a live buffer at the time of the call."""
+
+    identifier: int
+    allocator: str
+    address: int
+    nbytes: int
+    exports: int
+    pinned: bool
 
 
-def live_buffers():
+def live_buffers() -> _List[LiveBuffer]:
     """A snapshot of every live buffer, in address order, as LiveBuffer rows."""
     return [LiveBuffer(*row) for row in _core._live_buffers()]
 
 
-def report():
+def report() -> str:
     """live_buffers() and stats() as a human-readable table (a str)."""
     rows = live_buffers()
     lines = ["%-18s %-10s %-18s %12s %7s %6s" % (
@@ -77,7 +84,7 @@ def report():
     return "\n".join(lines)
 
 
-def get_include():
+def get_include() -> str:
     """The directory holding memmanager/allocator.h, for C extensions."""
     return _os.path.join(_os.path.dirname(__file__), "include")
 

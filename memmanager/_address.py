@@ -7,24 +7,27 @@ only be a ctypes or cffi pointer if that library is loaded already.
 """
 
 import sys
+from typing import Any, Callable, Optional, Tuple
+
+Resolved = Optional[Tuple[int, Optional[Callable[[], None]]]]
 
 
-def _ctypes_address(source):
+def _ctypes_address(source: Any) -> Resolved:
     ctypes = sys.modules.get("ctypes")
     if ctypes is None:
         return None
     if isinstance(source, ctypes.c_void_p):
-        def reset():
+        def reset() -> None:
             source.value = None
         return source.value or 0, reset
     if isinstance(source, ctypes._Pointer):
-        def reset():
+        def reset() -> None:
             ctypes.memset(ctypes.addressof(source), 0, ctypes.sizeof(source))
         return ctypes.cast(source, ctypes.c_void_p).value or 0, reset
     return None
 
 
-def _cffi_address(source):
+def _cffi_address(source: Any) -> Resolved:
     backend = sys.modules.get("_cffi_backend")
     if backend is None or not isinstance(source, backend._CDataBase):
         return None
@@ -35,7 +38,7 @@ def _cffi_address(source):
     return int(ffi.cast("uintptr_t", source)), None
 
 
-def resolve(source):
+def resolve(source: Any) -> Resolved:
     """Return (address, reset) for a ctypes or cffi pointer, else None.
 
     `reset` is a callable that sets a mutable holder to NULL once the
