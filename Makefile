@@ -32,6 +32,7 @@ test: build
 # Quick ratios of the core's hot paths against their peers (DESIGN section 9).
 bench: build
 	$(PY) benchmarks/bench_core.py
+	cd benchmarks && ../$(PY) bench_consume.py
 
 clean:
 	rm -rf build $(VENV) memmanager/*.so *.egg-info

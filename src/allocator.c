@@ -118,6 +118,7 @@ int allocator_register_builtins(mm_state *st)
         return -1;
     }
     st->default_allocator = Py_NewRef(PyDict_GetItemString(st->allocators, "PyAlloc"));
+    st->cmalloc_allocator = Py_NewRef(PyDict_GetItemString(st->allocators, "CMalloc"));
     return 0;
 }
 

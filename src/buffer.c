@@ -255,7 +255,7 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
         return NULL;
     }
     if (parse_sizes(args[0], args[1], &a) < 0 ||
-        parse_options(nargs == 3 ? args[2] : NULL, args + nargs, kwnames, 0, &a) < 0) {
+        parse_options(st, nargs == 3 ? args[2] : NULL, args + nargs, kwnames, 0, &a) < 0) {
         goto error;
     }
     AllocatorObject *alloc = allocator_lookup(st, a.allocator);
@@ -322,10 +322,12 @@ done:
     return result;
 }
 
-int buffer_install_vectorcall(PyTypeObject *type)
+/* What PyType_FromModuleAndSpec cannot express: vectorcall construction
+ * and the cached class methods. */
+int buffer_finish_type(mm_state *st, PyTypeObject *type)
 {
     type->tp_vectorcall = buffer_vectorcall;
-    return 0;
+    return install_cached_classmethods(st, type, buffer_class_methods);
 }
 
 /* ------------------------------------------------------------------ */
@@ -526,8 +528,6 @@ static PyMethodDef buffer_methods[] = {
      "get_element_size($self, /)\n--\n\nItem size in bytes (the Perl name of .itemsize)."},
     {"get_num_of_elements", method_get_num_of_elements, METH_NOARGS,
      "get_num_of_elements($self, /)\n--\n\nNumber of items (the Perl name of .num_items)."},
-    {"get_delayed_gc_objects", method_get_delayed_gc_objects, METH_NOARGS | METH_CLASS,
-     "get_delayed_gc_objects($cls, /)\n--\n\nIdentifiers of the pinned buffers."},
     {"extract_buffer_region", (PyCFunction)(void (*)(void))buffer_extract_region,
      METH_FASTCALL | METH_KEYWORDS,
      "extract_buffer_region($self, start=None, end=None)\n--\n\n"
@@ -537,17 +537,25 @@ static PyMethodDef buffer_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "region($self, start=0, stop=None, *, readonly=False)\n--\n\n"
      "A zero-copy memoryview of [start, stop).  It holds an export."},
-    {"consume", (PyCFunction)(void (*)(void))buffer_consume,
-     METH_FASTCALL | METH_KEYWORDS | METH_CLASS,
-     "consume($cls, source, num_items, item_size, options=None, /, *, "
-     "allocator=None, delayed_gc=True, death_stub=None, copy=False, "
-     "**allocator_options)\n--\n\n"
-     "Adopt memory that exists already (see the ownership guide)."},
     {"release", buffer_release_method, METH_NOARGS,
      "release($self, /)\n--\n\nRun the death stub and free the memory now. Idempotent."},
     {"__enter__", buffer_enter, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
     {"__exit__", (PyCFunction)(void (*)(void))buffer_exit, METH_FASTCALL,
      "__exit__($self, *exc_info)\n--\n\nRelease the buffer."},
+    {NULL},
+};
+
+/* Class methods, installed as cached_classmethod descriptors (no bound
+ * method object per lookup on Buffer itself). */
+PyMethodDef buffer_class_methods[] = {
+    {"get_delayed_gc_objects", method_get_delayed_gc_objects, METH_NOARGS,
+     "get_delayed_gc_objects($cls, /)\n--\n\nIdentifiers of the pinned buffers."},
+    {"consume", (PyCFunction)(void (*)(void))buffer_consume,
+     METH_FASTCALL | METH_KEYWORDS,
+     "consume($cls, source, num_items, item_size, options=None, /, *, "
+     "allocator=None, delayed_gc=True, death_stub=None, copy=False, "
+     "**allocator_options)\n--\n\n"
+     "Adopt memory that exists already (see the ownership guide)."},
     {NULL},
 };
 

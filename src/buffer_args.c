@@ -237,44 +237,56 @@ int parse_flag(PyObject *value, int default_value)
     return value == NULL ? default_value : PyObject_IsTrue(value);
 }
 
-static PyObject **known_slot(buffer_args *a, PyObject *key, int consume_keys)
+/* Known option names: where the interned name lives in the module state,
+ * and which field of buffer_args receives the value.  The first four are
+ * the constructor's; the rest are consume()'s. */
+static const struct {
+    size_t name_offset;
+    size_t slot_offset;
+} known_options[] = {
+    {offsetof(mm_state, str_allocator), offsetof(buffer_args, allocator)},
+    {offsetof(mm_state, str_init_value), offsetof(buffer_args, init_value)},
+    {offsetof(mm_state, str_delayed_gc), offsetof(buffer_args, delayed_gc)},
+    {offsetof(mm_state, str_death_stub), offsetof(buffer_args, death_stub)},
+    {offsetof(mm_state, str_copy), offsetof(buffer_args, copy)},
+    {offsetof(mm_state, str_readonly), offsetof(buffer_args, readonly)},
+    {offsetof(mm_state, str_owner), offsetof(buffer_args, owner)},
+};
+#define CONSTRUCTOR_OPTION_COUNT 4
+#define CONSUME_OPTION_COUNT (sizeof(known_options) / sizeof(known_options[0]))
+
+static PyObject *known_name(mm_state *st, size_t i)
 {
-    if (PyUnicode_CompareWithASCIIString(key, "allocator") == 0) {
-        return &a->allocator;
-    }
-    if (PyUnicode_CompareWithASCIIString(key, "init_value") == 0) {
-        return &a->init_value;
-    }
-    if (PyUnicode_CompareWithASCIIString(key, "delayed_gc") == 0) {
-        return &a->delayed_gc;
-    }
-    if (PyUnicode_CompareWithASCIIString(key, "death_stub") == 0) {
-        return &a->death_stub;
-    }
-    if (!consume_keys) {
-        return NULL;
-    }
-    if (PyUnicode_CompareWithASCIIString(key, "copy") == 0) {
-        return &a->copy;
-    }
-    if (PyUnicode_CompareWithASCIIString(key, "readonly") == 0) {
-        return &a->readonly;
-    }
-    if (PyUnicode_CompareWithASCIIString(key, "owner") == 0) {
-        return &a->owner;
-    }
-    return NULL;
+    return *(PyObject **)((char *)st + known_options[i].name_offset);
 }
 
-static int assign_option(buffer_args *a, PyObject *key, PyObject *value,
-                         int consume_keys)
+/* The slot of a known option name.  Keyword names are interned, so the
+ * identity test almost always decides; equal but distinct strings (from a
+ * mapping built at run time) take the slower comparison. */
+static PyObject **known_slot(mm_state *st, buffer_args *a, PyObject *key,
+                             int consume_keys)
+{
+    size_t count = consume_keys ? CONSUME_OPTION_COUNT : CONSTRUCTOR_OPTION_COUNT;
+    size_t i;
+    for (i = 0; i < count && key != known_name(st, i); i++) {
+    }
+    if (i == count) {
+        for (i = 0; i < count && PyUnicode_Compare(key, known_name(st, i)) != 0; i++) {
+        }
+    }
+    return i == count ? NULL
+                      : (PyObject **)((char *)a + known_options[i].slot_offset);
+}
+
+static int assign_option(mm_state *st, buffer_args *a, PyObject *key,
+                         PyObject *value, int consume_keys)
 {
     if (!PyUnicode_Check(key)) {
         PyErr_Format(PyExc_TypeError, "option names must be str, not %.100s",
                      Py_TYPE(key)->tp_name);
         return -1;
     }
-    PyObject **slot = known_slot(a, key, consume_keys);
+    PyObject **slot = known_slot(st, a, key, consume_keys);
     if (slot != NULL) {
         Py_XSETREF(*slot, Py_NewRef(value));
         return 0;
@@ -285,7 +297,8 @@ static int assign_option(buffer_args *a, PyObject *key, PyObject *value,
     return PyDict_SetItem(a->extra, key, value);
 }
 
-static int assign_mapping(buffer_args *a, PyObject *options, int consume_keys)
+static int assign_mapping(mm_state *st, buffer_args *a, PyObject *options,
+                          int consume_keys)
 {
     /* As dict.update() decides: a mapping is what has keys(). */
     int has_keys = PyDict_Check(options) ? 1 : PyObject_HasAttrString(options, "keys");
@@ -304,7 +317,7 @@ static int assign_mapping(buffer_args *a, PyObject *options, int consume_keys)
             PyErr_SetString(PyExc_TypeError, "options.items() must yield pairs");
             goto error;
         }
-        if (assign_option(a, PyTuple_GET_ITEM(pair, 0),
+        if (assign_option(st, a, PyTuple_GET_ITEM(pair, 0),
                           PyTuple_GET_ITEM(pair, 1), consume_keys) < 0) {
             goto error;
         }
@@ -316,16 +329,16 @@ error:
     return -1;
 }
 
-int parse_options(PyObject *options, PyObject *const *kwvalues,
+int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
                   PyObject *kwnames, int accept_consume_keys, buffer_args *a)
 {
     if (options != NULL && options != Py_None &&
-        assign_mapping(a, options, accept_consume_keys) < 0) {
+        assign_mapping(st, a, options, accept_consume_keys) < 0) {
         return -1;
     }
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t i = 0; i < nkw; i++) {
-        if (assign_option(a, PyTuple_GET_ITEM(kwnames, i), kwvalues[i],
+        if (assign_option(st, a, PyTuple_GET_ITEM(kwnames, i), kwvalues[i],
                           accept_consume_keys) < 0) {
             return -1;
         }

@@ -175,7 +175,10 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
         PyErr_SetString(PyExc_OverflowError, "address + size wraps around");
         return NULL;
     }
-    if (region_registry_find_overlap(src->address, end, &other)) {
+    /* Before ownership is taken: realloc may move or free the block.
+     * (Borrowed takes nothing; its insertion below checks by itself.) */
+    if (!alloc->consume_only &&
+        region_registry_find_overlap(src->address, end, &other)) {
         raise_overlap(st, src->address, end, &other);
         return NULL;
     }
@@ -345,13 +348,7 @@ static AllocatorObject *consume_allocator(mm_state *st, buffer_args *a, int is_a
     if (a->allocator != NULL && a->allocator != Py_None) {
         return allocator_lookup(st, a->allocator);
     }
-    PyObject *name = PyUnicode_FromString(is_address ? "CMalloc" : "PyAlloc");
-    if (name == NULL) {
-        return NULL;
-    }
-    AllocatorObject *alloc = allocator_lookup(st, name);
-    Py_DECREF(name);
-    return alloc;
+    return (AllocatorObject *)(is_address ? st->cmalloc_allocator : st->default_allocator);
 }
 
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
@@ -374,7 +371,7 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
     }
     PyObject *source = args[0];
     if (parse_sizes(args[1], args[2], &a) < 0 ||
-        parse_options(nargs == 4 ? args[3] : NULL, args + nargs, kwnames, 1, &a) < 0 ||
+        parse_options(st, nargs == 4 ? args[3] : NULL, args + nargs, kwnames, 1, &a) < 0 ||
         (copy = parse_flag(a.copy, 0)) < 0 ||
         (delayed_gc = parse_flag(a.delayed_gc, 1)) < 0) {
         goto done;

@@ -18,6 +18,8 @@
  *   region_registry.c  the process-wide live-region registry and stats
  *   delayed_gc.c       pinning (delayed GC), collect_delayed, exit release
  *   consume.c          Buffer.consume: adopting memory that exists already
+ *   cached_classmethod.c  a classmethod descriptor that allocates nothing
+ *                      when looked up on its own class
  *
  * Ownership rules for a BufferObject are written at the top of buffer.c.
  */
@@ -46,6 +48,7 @@
 typedef struct {
     PyTypeObject *buffer_type;
     PyTypeObject *allocator_type;
+    PyTypeObject *cached_classmethod_type;
     PyObject *allocators;      /* dict: name -> AllocatorObject */
     PyObject *default_allocator; /* the PyAlloc AllocatorObject */
     PyObject *pinned;          /* dict: identifier (int) -> Buffer */
@@ -54,6 +57,15 @@ typedef struct {
     PyObject *OverlapError;
     PyObject *DeviceUnavailableError;
     PyObject *address_resolver; /* Python callable for foreign pointers, or NULL */
+    PyObject *cmalloc_allocator; /* the CMalloc AllocatorObject */
+    /* Interned option names, compared by identity on the hot path. */
+    PyObject *str_allocator;
+    PyObject *str_init_value;
+    PyObject *str_delayed_gc;
+    PyObject *str_death_stub;
+    PyObject *str_copy;
+    PyObject *str_readonly;
+    PyObject *str_owner;
     int debug;                 /* MEMMANAGER_DEBUG was set at import */
 } mm_state;
 
@@ -132,7 +144,8 @@ extern PyType_Spec buffer_type_spec;
 /* buffer.c */
 PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
-int buffer_install_vectorcall(PyTypeObject *type);
+int buffer_finish_type(mm_state *st, PyTypeObject *type);
+extern PyMethodDef buffer_class_methods[];
 BufferObject *buffer_alloc_object(PyTypeObject *type);
 int buffer_register_region(mm_state *st, BufferObject *self);
 int buffer_release_memory(BufferObject *self);
@@ -166,7 +179,7 @@ int unpack_arguments(const char *funcname, PyObject *const *args,
 int parse_size(PyObject *obj, const char *what, Py_ssize_t *out);
 int parse_sizes(PyObject *n_obj, PyObject *s_obj, buffer_args *a);
 int parse_init_value(PyObject *value, int *init_byte);
-int parse_options(PyObject *options, PyObject *const *kwvalues,
+int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
                   PyObject *kwnames, int accept_consume_keys, buffer_args *a);
 int parse_flag(PyObject *value, int default_value);
 void buffer_args_clear(buffer_args *a);
@@ -189,6 +202,10 @@ int delayed_gc_unpin(mm_state *st, BufferObject *self);
 PyObject *delayed_gc_identifiers(mm_state *st);
 PyObject *delayed_gc_collect(mm_state *st, PyObject *identifiers);
 PyObject *delayed_gc_release_all(mm_state *st);
+
+/* cached_classmethod.c */
+extern PyType_Spec cached_classmethod_spec;
+int install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *defs);
 
 /* consume.c */
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,

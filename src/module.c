@@ -242,15 +242,36 @@ static int add_types(PyObject *module, mm_state *st)
 {
     st->allocator_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &allocator_type_spec, NULL);
+    st->cached_classmethod_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &cached_classmethod_spec, NULL);
     st->buffer_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &buffer_type_spec, NULL);
-    if (st->allocator_type == NULL || st->buffer_type == NULL ||
-        buffer_install_vectorcall(st->buffer_type) < 0) {
+    if (st->allocator_type == NULL || st->cached_classmethod_type == NULL ||
+        st->buffer_type == NULL || buffer_finish_type(st, st->buffer_type) < 0) {
         return -1;
     }
     if (PyModule_AddType(module, st->buffer_type) < 0 ||
         PyModule_AddType(module, st->allocator_type) < 0) {
         return -1;
+    }
+    return 0;
+}
+
+static int intern_option_names(mm_state *st)
+{
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&st->str_allocator, "allocator"},
+        {&st->str_init_value, "init_value"},
+        {&st->str_delayed_gc, "delayed_gc"},
+        {&st->str_death_stub, "death_stub"},
+        {&st->str_copy, "copy"},
+        {&st->str_readonly, "readonly"},
+        {&st->str_owner, "owner"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL) {
+            return -1;
+        }
     }
     return 0;
 }
@@ -264,7 +285,8 @@ static int module_exec(PyObject *module)
         PyErr_SetString(PyExc_RuntimeError, "cannot install the registry's fork handlers");
         return -1;
     }
-    if (add_exceptions(module, st) < 0 || add_types(module, st) < 0) {
+    if (intern_option_names(st) < 0 ||
+        add_exceptions(module, st) < 0 || add_types(module, st) < 0) {
         return -1;
     }
     if ((st->allocators = PyDict_New()) == NULL ||
@@ -285,6 +307,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     mm_state *st = module_state(module);
     Py_VISIT(st->buffer_type);
     Py_VISIT(st->allocator_type);
+    Py_VISIT(st->cached_classmethod_type);
     Py_VISIT(st->allocators);
     Py_VISIT(st->default_allocator);
     Py_VISIT(st->pinned);
@@ -293,6 +316,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->OverlapError);
     Py_VISIT(st->DeviceUnavailableError);
     Py_VISIT(st->address_resolver);
+    Py_VISIT(st->cmalloc_allocator);
     return 0;
 }
 
@@ -301,6 +325,14 @@ static int module_clear(PyObject *module)
     mm_state *st = module_state(module);
     Py_CLEAR(st->pinned);
     Py_CLEAR(st->address_resolver);
+    Py_CLEAR(st->cmalloc_allocator);
+    Py_CLEAR(st->str_allocator);
+    Py_CLEAR(st->str_init_value);
+    Py_CLEAR(st->str_delayed_gc);
+    Py_CLEAR(st->str_death_stub);
+    Py_CLEAR(st->str_copy);
+    Py_CLEAR(st->str_readonly);
+    Py_CLEAR(st->str_owner);
     Py_CLEAR(st->allocators);
     Py_CLEAR(st->default_allocator);
     Py_CLEAR(st->MemManagerError);
@@ -309,6 +341,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->DeviceUnavailableError);
     Py_CLEAR(st->buffer_type);
     Py_CLEAR(st->allocator_type);
+    Py_CLEAR(st->cached_classmethod_type);
     return 0;
 }
 
