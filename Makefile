@@ -9,7 +9,7 @@ export MEMMANAGER_WERROR ?= 1
 
 SOURCES := $(wildcard src/*.c src/*.h memmanager/include/memmanager/*.h) setup.py pyproject.toml
 
-.PHONY: demo test build bench clean
+.PHONY: demo test build bench bench-quick callgrind clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,20 @@ demo: build
 test: build
 	$(PY) -m pytest -q tests
 
-# Quick ratios of the core's hot paths against their peers (DESIGN section 9).
+# The whole comparison against the peers (pytest-benchmark), regenerating
+# docs/benchmarks.md and docs/benchmarks.png.
 bench: build
+	$(PY) -m pip install -q -e '.[test,bench]' --no-build-isolation
+	$(PY) -m memmanager.bench --out docs
+
+# Quick ratios of the core's hot paths against their peers (DESIGN section 9).
+bench-quick: build
 	$(PY) benchmarks/bench_core.py
 	cd benchmarks && ../$(PY) bench_consume.py
+
+# Instructions per hot-path operation under valgrind (stable on noisy machines).
+callgrind: build
+	$(PY) benchmarks/callgrind_hotpaths.py
 
 clean:
 	rm -rf build $(VENV) memmanager/*.so *.egg-info

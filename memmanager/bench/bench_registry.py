@@ -1,0 +1,29 @@
+"""Registry scaling: create+destroy Buffer(64, 1) with 10^3 .. 10^6 buffers
+already live.  O(log n) means the 10^6 row stays within 1.5x of 10^3."""
+
+import gc
+
+import pytest
+
+from memmanager import Buffer
+
+from .conftest import mark
+
+LIVE = {"1e3": 10**3, "1e4": 10**4, "1e5": 10**5, "1e6": 10**6}
+
+
+@pytest.fixture(params=list(LIVE), scope="module")
+def live(request):
+    keep = [Buffer(64, 1) for _ in range(LIVE[request.param])]
+    gc.collect()
+    gc.freeze()           # keep the collector off the million live objects
+    yield request.param
+    gc.unfreeze()
+    del keep
+    gc.collect()
+
+
+def test_with_live(benchmark, live):
+    subject = "memmanager:10^6 live" if live == "1e6" else f"{live} live"
+    mark(benchmark, "registry scaling", subject)
+    benchmark(Buffer, 64, 1)
