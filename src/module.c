@@ -264,7 +264,8 @@ static int module_exec(PyObject *module)
         PyErr_SetString(PyExc_RuntimeError, "cannot install the registry's fork handlers");
         return -1;
     }
-    if (add_exceptions(module, st) < 0 || add_types(module, st) < 0) {
+    if (add_exceptions(module, st) < 0 || add_types(module, st) < 0 ||
+        views_add_types(module, st) < 0) {
         return -1;
     }
     if ((st->allocators = PyDict_New()) == NULL ||
@@ -285,6 +286,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     mm_state *st = module_state(module);
     Py_VISIT(st->buffer_type);
     Py_VISIT(st->allocator_type);
+    Py_VISIT(st->view_entry_type);
     Py_VISIT(st->allocators);
     Py_VISIT(st->default_allocator);
     Py_VISIT(st->pinned);
@@ -309,6 +311,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->DeviceUnavailableError);
     Py_CLEAR(st->buffer_type);
     Py_CLEAR(st->allocator_type);
+    Py_CLEAR(st->view_entry_type);
     return 0;
 }
 
