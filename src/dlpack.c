@@ -30,10 +30,10 @@
  *     destructor when nobody consumed it (the name is still "dltensor..."),
  *     or by the consumer (NumPy, PyTorch) when it is done with the tensor.
  *   - The deleter may be called from any thread, with or without the GIL:
- *     it takes the GIL with PyGILState_Ensure.  After the interpreter has
- *     been finalised (Py_IsInitialized() is false) it never touches Python:
- *     the owner is left to the operating system and only the C block, which
- *     came from malloc, is freed.
+ *     it takes the GIL with PyGILState_Ensure.  Once finalisation is under
+ *     way (Py_IsInitialized() is false: module teardown, C atexit handlers)
+ *     it never touches Python: the owner is left to the operating system
+ *     and only the C block, which came from malloc, is freed.
  *   - The export block (managed tensor, shape, strides, owner) is one
  *     malloc'd allocation, so it can be freed without the interpreter.
  */
