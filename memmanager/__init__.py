@@ -2,7 +2,8 @@
 
 Buffers from pluggable allocators, adoption of memory that C code handed
 you, zero-copy regions, pinning against garbage collection, death stubs,
-and a process-wide registry of live regions.  A Python re-creation of the
+a process-wide registry of live regions, named views (NumPy, memoryview,
+ctypes), DLPack export and pickling.  A Python re-creation of the
 Perl module Task::MemManager; the C core lives in memmanager._core.
 """
 
@@ -13,6 +14,8 @@ from typing import NamedTuple as _NamedTuple
 
 from . import _address
 from . import _core
+from . import _pickle
+from . import _views
 from ._core import (
     TRACEMALLOC_DOMAIN,
     Buffer,
@@ -25,6 +28,7 @@ from ._core import (
     get_delayed_gc_objects,
     stats,
 )
+from ._views import UnknownViewKindError, register_view, view_kinds
 
 __version__ = "0.1.0"
 
@@ -36,14 +40,17 @@ __all__ = [
     "OverlapError",
     "TRACEMALLOC_DOMAIN",
     "UnknownAllocatorError",
+    "UnknownViewKindError",
     "__version__",
     "allocators",
     "collect_delayed",
     "get_delayed_gc_objects",
     "get_include",
     "live_buffers",
+    "register_view",
     "report",
     "stats",
+    "view_kinds",
 ]
 
 class LiveBuffer(_NamedTuple):
@@ -90,6 +97,9 @@ def get_include() -> str:
 
 
 _core._set_address_resolver(_address.resolve)
+# Views (create_view, ...) and pickling are Python methods of the C type.
+_views.install(Buffer)
+_pickle.install(Buffer)
 # Registered at first import, so it runs after the atexit hooks of user
 # code imported later (atexit is last-in, first-out).
 _atexit.register(_core._release_pinned_at_exit)

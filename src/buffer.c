@@ -38,6 +38,8 @@
  *   exported  data != NULL, exports > 0      (release refused)
  *   pinned    data != NULL, in the pinned dict (may also be exported)
  *   released  data == NULL, released == 1    (terminal; accessors raise)
+ * Stored views (views.c) are exports like any other, except that release()
+ * first drops them, and only then checks the export count.
  * Transitions: live <-> exported by getbuffer/releasebuffer; live <->
  * pinned by construction with delayed_gc and collect_delayed(); live or
  * pinned -> released by release() or, for unpinned ones, deallocation.
@@ -192,14 +194,16 @@ static int buffer_traverse(PyObject *op, visitproc visit, void *arg)
     if (self->holds_source_view) {
         Py_VISIT(self->source_view.obj);
     }
-    return 0;
+    return buffer_views_traverse(self, visit, arg);
 }
 
-/* Breaks cycles through the stub only: the memory, its allocator and its
- * source stay until dealloc, so a buffer is never freed while exported. */
+/* Breaks cycles through the stub and the stored views only: the memory,
+ * its allocator and its source stay until dealloc, so a buffer is never
+ * freed while exported. */
 static int buffer_clear(PyObject *op)
 {
     Py_CLEAR(((BufferObject *)op)->death_stub);
+    buffer_views_clear((BufferObject *)op);
     return 0;
 }
 
@@ -214,6 +218,7 @@ static void buffer_dealloc(PyObject *op)
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs(op);
     }
+    buffer_views_clear(self);
     buffer_release_memory(self);
     Py_CLEAR(self->death_stub);
     Py_CLEAR(self->allocator);
@@ -349,6 +354,10 @@ PyObject *buffer_release_method(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     BufferObject *self = (BufferObject *)op;
     if (self->released) {
+        Py_RETURN_NONE;
+    }
+    buffer_views_clear(self);   /* forget the stored views first */
+    if (self->released) {       /* a view's destructor released it */
         Py_RETURN_NONE;
     }
     if (refuse_if_exported(self) < 0) {
@@ -537,6 +546,21 @@ static PyMethodDef buffer_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "region($self, start=0, stop=None, *, readonly=False)\n--\n\n"
      "A zero-copy memoryview of [start, stop).  It holds an export."},
+    {"__dlpack__", (PyCFunction)(void (*)(void))buffer_dlpack,
+     METH_FASTCALL | METH_KEYWORDS,
+     "__dlpack__($self, /, *, stream=None, max_version=None, dl_device=None, "
+     "copy=None)\n--\n\n"
+     "The bytes as a DLPack capsule (1-D uint8 on the CPU); it holds an export."},
+    {"__dlpack_device__", buffer_dlpack_device, METH_NOARGS,
+     "__dlpack_device__($self, /)\n--\n\n(kDLCPU, 0), that is (1, 0)."},
+    {"_store_view", (PyCFunction)(void (*)(void))buffer_store_view, METH_FASTCALL,
+     "_store_view($self, name, kind, view, /)\n--\n\nStore a view (create_view)."},
+    {"_stored_view", buffer_stored_view, METH_O,
+     "_stored_view($self, name, /)\n--\n\n(kind, view) stored under name."},
+    {"_forget_view", buffer_forget_view, METH_O,
+     "_forget_view($self, name, /)\n--\n\nDrop the view stored under name."},
+    {"_view_names", buffer_view_names, METH_NOARGS,
+     "_view_names($self, /)\n--\n\nNames of the stored views."},
     {"release", buffer_release_method, METH_NOARGS,
      "release($self, /)\n--\n\nRun the death stub and free the memory now. Idempotent."},
     {"__enter__", buffer_enter, METH_NOARGS, "__enter__($self, /)\n--\n\n"},

@@ -20,6 +20,9 @@
  *   consume.c          Buffer.consume: adopting memory that exists already
  *   cached_classmethod.c  a classmethod descriptor that allocates nothing
  *                      when looked up on its own class
+ *   views.c            the per-buffer store of named views and its GC support
+ *   dlpack.c           DLPack export (capsules, deleters); Buffer.__dlpack__
+ *   dlpack_abi.h       our declarations of the DLPack structs
  *
  * Ownership rules for a BufferObject are written at the top of buffer.c.
  */
@@ -33,6 +36,7 @@
 
 #include "memmanager/allocator.h"
 #include "region_registry.h"
+#include "dlpack_abi.h"
 
 /* The tracemalloc domain every non-PyMem allocation is reported under
  * ("memm" in ASCII). */
@@ -49,6 +53,7 @@ typedef struct {
     PyTypeObject *buffer_type;
     PyTypeObject *allocator_type;
     PyTypeObject *cached_classmethod_type;
+    PyTypeObject *view_entry_type; /* views.c: one stored view */
     PyObject *allocators;      /* dict: name -> AllocatorObject */
     PyObject *default_allocator; /* the PyAlloc AllocatorObject */
     PyObject *pinned;          /* dict: identifier (int) -> Buffer */
@@ -125,6 +130,7 @@ typedef struct {
     PyObject *source;         /* strong: adopted object or Borrowed owner */
     Py_buffer source_view;    /* export of source held by a zero-copy consume */
     PyObject *weakreflist;
+    PyObject *views;          /* dict: view name -> entry (views.c), or NULL */
     region_node node;         /* this buffer's entry in the live-region registry */
     /* One-shot region requested by region(): consumed by the next getbuffer. */
     Py_ssize_t pending_offset;
@@ -210,6 +216,45 @@ int install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *
 /* consume.c */
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames);
+
+/* views.c */
+extern PyType_Spec view_entry_type_spec;
+int views_add_types(PyObject *module, mm_state *st);
+int buffer_views_traverse(BufferObject *self, visitproc visit, void *arg);
+void buffer_views_clear(BufferObject *self);
+PyObject *buffer_store_view(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *buffer_stored_view(PyObject *self, PyObject *name);
+PyObject *buffer_forget_view(PyObject *self, PyObject *name);
+PyObject *buffer_view_names(PyObject *self, PyObject *unused);
+
+/* dlpack.c: a DLPack capsule over any memory (the GPU code reuses it). */
+typedef struct {
+    void *data;
+    int64_t nbytes;                     /* exported as a 1-D uint8 tensor */
+    mm_dl_device device;
+    int readonly;                       /* versioned: the READ_ONLY flag */
+    int copied;                         /* versioned: the IS_COPIED flag */
+    PyObject *owner;                    /* the capsule takes a reference */
+    void (*unexport)(PyObject *owner);  /* gives the export back (GIL held) */
+} mm_dlpack_source;
+
+/* The arguments of __dlpack__, parsed but not judged. */
+typedef struct {
+    PyObject *stream;     /* borrowed; NULL for None */
+    int versioned;        /* max_version given with major >= 1 */
+    int has_device;       /* dl_device given */
+    long device_type;
+    long device_id;
+    int copy;             /* -1: None, 0: False, 1: True */
+} mm_dlpack_request;
+
+int dlpack_parse_request(const char *funcname, PyObject *const *args,
+                         Py_ssize_t nargs, PyObject *kwnames,
+                         mm_dlpack_request *out);
+PyObject *dlpack_capsule_new(const mm_dlpack_source *src, int versioned);
+PyObject *buffer_dlpack(PyObject *self, PyObject *const *args,
+                        Py_ssize_t nargs, PyObject *kwnames);
+PyObject *buffer_dlpack_device(PyObject *self, PyObject *unused);
 
 /* module.c */
 void raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,

@@ -286,7 +286,8 @@ static int module_exec(PyObject *module)
         return -1;
     }
     if (intern_option_names(st) < 0 ||
-        add_exceptions(module, st) < 0 || add_types(module, st) < 0) {
+        add_exceptions(module, st) < 0 || add_types(module, st) < 0 ||
+        views_add_types(module, st) < 0) {
         return -1;
     }
     if ((st->allocators = PyDict_New()) == NULL ||
@@ -308,6 +309,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->buffer_type);
     Py_VISIT(st->allocator_type);
     Py_VISIT(st->cached_classmethod_type);
+    Py_VISIT(st->view_entry_type);
     Py_VISIT(st->allocators);
     Py_VISIT(st->default_allocator);
     Py_VISIT(st->pinned);
@@ -342,6 +344,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->buffer_type);
     Py_CLEAR(st->allocator_type);
     Py_CLEAR(st->cached_classmethod_type);
+    Py_CLEAR(st->view_entry_type);
     return 0;
 }
 

@@ -1,0 +1,335 @@
+/*
+ * dlpack.c -- DLPack export: a buffer's bytes as a DLPack capsule, so that
+ * numpy.from_dlpack(buf), torch.from_dlpack(buf) and friends alias them.
+ *
+ * In Python terms:
+ *
+ *     def __dlpack__(self, *, stream=None, max_version=None,
+ *                    dl_device=None, copy=None):
+ *         source = copy_of(self) if copy else self
+ *         source.exports += 1          # release() is refused from now on
+ *         return capsule(source.data, shape=(nbytes,), dtype=uint8,
+ *                        readonly=source.readonly,
+ *                        versioned=max_version is not None and max_version[0] >= 1)
+ *     def __dlpack_device__(self):
+ *         return (kDLCPU, 0)
+ *
+ * Two layers:
+ *
+ *   - dlpack_capsule_new() turns any (data, nbytes, device, owner) into a
+ *     capsule, versioned or legacy.  It is not specific to Buffer: the GPU
+ *     code exports device memory (kDLCUDA) through it too.  The export it
+ *     stands for is released by the `unexport` hook of the source.
+ *   - buffer_dlpack() and buffer_dlpack_device() are the Buffer methods.
+ *
+ * Lifetime rules (what makes the export airtight):
+ *
+ *   - From the moment __dlpack__ succeeds, the capsule owns one export of
+ *     its owner (counted in Buffer.exports) and one strong reference to it.
+ *     Both are dropped by the deleter, exactly once: either by the capsule's
+ *     destructor when nobody consumed it (the name is still "dltensor..."),
+ *     or by the consumer (NumPy, PyTorch) when it is done with the tensor.
+ *   - The deleter may be called from any thread, with or without the GIL:
+ *     it takes the GIL with PyGILState_Ensure.  Once finalisation is under
+ *     way (Py_IsInitialized() is false: module teardown, C atexit handlers)
+ *     it never touches Python: the owner is left to the operating system
+ *     and only the C block, which came from malloc, is freed.
+ *   - The export block (managed tensor, shape, strides, owner) is one
+ *     malloc'd allocation, so it can be freed without the interpreter.
+ */
+#include "memmanager.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define COPY_WITHOUT_GIL_THRESHOLD ((Py_ssize_t)1 << 20)
+
+/* One export: the managed tensor first, so a pointer to the managed tensor
+ * (what the deleter receives) is a pointer to the whole block. */
+typedef struct {
+    union {
+        mm_dl_managed_tensor_versioned versioned;
+        mm_dl_managed_tensor legacy;
+    } managed;
+    int64_t shape[1];
+    int64_t strides[1];
+    PyObject *owner;                    /* strong */
+    void (*unexport)(PyObject *owner);  /* undoes the owner's export count */
+} dlpack_export;
+
+/* ------------------------------------------------------------------ */
+/* Deleters and the capsule destructor                                 */
+/* ------------------------------------------------------------------ */
+
+static void dlpack_export_release(dlpack_export *export)
+{
+    if (Py_IsInitialized()) {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        if (export->unexport != NULL) {
+            export->unexport(export->owner);
+        }
+        Py_DECREF(export->owner);
+        PyGILState_Release(gil);
+    }
+    free(export);
+}
+
+static void deleter_versioned(mm_dl_managed_tensor_versioned *managed)
+{
+    dlpack_export_release((dlpack_export *)managed);
+}
+
+static void deleter_legacy(mm_dl_managed_tensor *managed)
+{
+    dlpack_export_release((dlpack_export *)managed);
+}
+
+/* Runs when the capsule dies.  A consumer renames the capsule when it
+ * takes the tensor, and then owns the deleter call; an unconsumed capsule
+ * gives the export back here. */
+static void capsule_destructor(PyObject *capsule)
+{
+    if (PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_VERSIONED)) {
+        mm_dl_managed_tensor_versioned *managed =
+            PyCapsule_GetPointer(capsule, MM_DLPACK_CAPSULE_VERSIONED);
+        managed->deleter(managed);
+    }
+    else if (PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_LEGACY)) {
+        mm_dl_managed_tensor *managed =
+            PyCapsule_GetPointer(capsule, MM_DLPACK_CAPSULE_LEGACY);
+        managed->deleter(managed);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* The generic capsule maker                                           */
+/* ------------------------------------------------------------------ */
+
+static void fill_tensor(mm_dl_tensor *tensor, dlpack_export *export,
+                        const mm_dlpack_source *src)
+{
+    export->shape[0] = src->nbytes;
+    export->strides[0] = 1;
+    tensor->data = src->data;
+    tensor->device = src->device;
+    tensor->ndim = 1;
+    tensor->dtype.code = MM_DL_UINT;
+    tensor->dtype.bits = 8;
+    tensor->dtype.lanes = 1;
+    tensor->shape = export->shape;
+    tensor->strides = export->strides;
+    tensor->byte_offset = 0;
+}
+
+static dlpack_export *export_new(const mm_dlpack_source *src, int versioned)
+{
+    dlpack_export *export = calloc(1, sizeof(*export));
+    if (export == NULL) {
+        return NULL;
+    }
+    export->owner = Py_NewRef(src->owner);
+    export->unexport = src->unexport;
+    if (versioned) {
+        mm_dl_managed_tensor_versioned *m = &export->managed.versioned;
+        m->version.major = MM_DLPACK_MAJOR;
+        m->version.minor = MM_DLPACK_MINOR;
+        m->manager_ctx = export;
+        m->deleter = deleter_versioned;
+        m->flags = (src->readonly ? MM_DLPACK_FLAG_READ_ONLY : 0) |
+                   (src->copied ? MM_DLPACK_FLAG_IS_COPIED : 0);
+        fill_tensor(&m->dl_tensor, export, src);
+    }
+    else {
+        mm_dl_managed_tensor *m = &export->managed.legacy;
+        m->manager_ctx = export;
+        m->deleter = deleter_legacy;
+        fill_tensor(&m->dl_tensor, export, src);
+    }
+    return export;
+}
+
+/* The caller has counted one export of src->owner; the capsule owns it
+ * from now on.  On failure the export is given back (src->unexport). */
+PyObject *dlpack_capsule_new(const mm_dlpack_source *src, int versioned)
+{
+    dlpack_export *export = export_new(src, versioned);
+    if (export == NULL) {
+        if (src->unexport != NULL) {
+            src->unexport(src->owner);
+        }
+        return PyErr_NoMemory();
+    }
+    PyObject *capsule = PyCapsule_New(
+        &export->managed,
+        versioned ? MM_DLPACK_CAPSULE_VERSIONED : MM_DLPACK_CAPSULE_LEGACY,
+        capsule_destructor);
+    if (capsule == NULL) {
+        dlpack_export_release(export);
+    }
+    return capsule;
+}
+
+/* ------------------------------------------------------------------ */
+/* Parsing __dlpack__(*, stream, max_version, dl_device, copy)         */
+/* ------------------------------------------------------------------ */
+
+static int parse_int_pair(PyObject *obj, const char *what, long *first, long *second)
+{
+    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 2) {
+        PyErr_Format(PyExc_TypeError, "%s must be a 2-tuple of ints or None, not %R",
+                     what, obj);
+        return -1;
+    }
+    *first = PyLong_AsLong(PyTuple_GET_ITEM(obj, 0));
+    if (*first == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *second = PyLong_AsLong(PyTuple_GET_ITEM(obj, 1));
+    return (*second == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+int dlpack_parse_request(const char *funcname, PyObject *const *args,
+                         Py_ssize_t nargs, PyObject *kwnames,
+                         mm_dlpack_request *out)
+{
+    static const char *const names[] = {"stream", "max_version", "dl_device",
+                                        "copy", NULL};
+    PyObject *values[4];
+    long major, minor, device_type, device_id;
+
+    memset(out, 0, sizeof(*out));
+    out->copy = -1;
+    if (unpack_arguments(funcname, args, nargs, kwnames, names, 0, values) < 0) {
+        return -1;
+    }
+    out->stream = values[0] == Py_None ? NULL : values[0];
+    if (values[1] != NULL && values[1] != Py_None) {
+        if (parse_int_pair(values[1], "max_version", &major, &minor) < 0) {
+            return -1;
+        }
+        out->versioned = major >= MM_DLPACK_MAJOR;
+    }
+    if (values[2] != NULL && values[2] != Py_None) {
+        if (parse_int_pair(values[2], "dl_device", &device_type, &device_id) < 0) {
+            return -1;
+        }
+        out->has_device = 1;
+        out->device_type = device_type;
+        out->device_id = device_id;
+    }
+    if (values[3] != NULL && values[3] != Py_None &&
+        (out->copy = PyObject_IsTrue(values[3])) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Buffer.__dlpack__ and Buffer.__dlpack_device__                      */
+/* ------------------------------------------------------------------ */
+
+static void buffer_unexport(PyObject *owner)
+{
+    BufferObject *self = (BufferObject *)owner;
+    self->exports--;
+    assert(self->exports >= 0);
+}
+
+static int check_cpu_request(const mm_dlpack_request *req)
+{
+    if (req->stream != NULL) {
+        PyErr_Format(PyExc_BufferError,
+                     "a CPU buffer takes stream=None, not %R", req->stream);
+        return -1;
+    }
+    if (req->has_device && (req->device_type != MM_DL_CPU || req->device_id != 0)) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot export to DLPack device (%ld, %ld): the buffer is "
+                     "on the CPU (%d, 0)", req->device_type, req->device_id,
+                     (int)MM_DL_CPU);
+        return -1;
+    }
+    return 0;
+}
+
+/* A fresh, writable PyAlloc buffer with the same bytes (copy=True). */
+static PyObject *copy_of(BufferObject *self)
+{
+    mm_state *st = buffer_state(self);
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *copy = PyObject_CallFunction((PyObject *)st->buffer_type, "nn",
+                                           self->nbytes, (Py_ssize_t)1);
+    /* Allocating may have run the collector, and with it arbitrary code
+     * that released this buffer: look again before reading it. */
+    if (copy == NULL || buffer_check_live(self) < 0) {
+        Py_XDECREF(copy);
+        return NULL;
+    }
+    char *target = ((BufferObject *)copy)->data;
+    if (self->nbytes < COPY_WITHOUT_GIL_THRESHOLD) {
+        memcpy(target, self->data, (size_t)self->nbytes);
+        return copy;
+    }
+    self->exports++;    /* release() must wait for the copy */
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(target, self->data, (size_t)self->nbytes);
+    Py_END_ALLOW_THREADS
+    self->exports--;
+    return copy;
+}
+
+static PyObject *export_buffer(BufferObject *source, int copied, int versioned)
+{
+    mm_dlpack_source src = {
+        .data = source->data,
+        .nbytes = source->nbytes,
+        .device = {MM_DL_CPU, 0},
+        .readonly = source->readonly,
+        .copied = copied,
+        .owner = (PyObject *)source,
+        .unexport = buffer_unexport,
+    };
+    /* Counted before anything can run the collector, so that code run
+     * meanwhile cannot release the memory the capsule points to. */
+    source->exports++;
+    return dlpack_capsule_new(&src, versioned);
+}
+
+PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
+                        Py_ssize_t nargs, PyObject *kwnames)
+{
+    BufferObject *self = (BufferObject *)op;
+    mm_dlpack_request req;
+    /* Parse first (may run __index__ or __bool__), then look at the buffer. */
+    if (dlpack_parse_request("__dlpack__", args, nargs, kwnames, &req) < 0 ||
+        check_cpu_request(&req) < 0 || buffer_check_live(self) < 0) {
+        return NULL;
+    }
+    if (req.copy == 1) {
+        PyObject *copy = copy_of(self);
+        if (copy == NULL) {
+            return NULL;
+        }
+        PyObject *capsule = export_buffer((BufferObject *)copy, 1, req.versioned);
+        Py_DECREF(copy);   /* the capsule holds it now */
+        return capsule;
+    }
+    if (self->readonly && !req.versioned) {
+        PyErr_SetString(PyExc_BufferError,
+                        "a read-only buffer is exported only as a versioned "
+                        "DLPack capsule (max_version >= (1, 0)), which can say "
+                        "read-only; the legacy one cannot (or pass copy=True)");
+        return NULL;
+    }
+    return export_buffer(self, 0, req.versioned);
+}
+
+PyObject *buffer_dlpack_device(PyObject *op, PyObject *Py_UNUSED(unused))
+{
+    if (buffer_check_live((BufferObject *)op) < 0) {
+        return NULL;
+    }
+    return Py_BuildValue("(ii)", (int)MM_DL_CPU, 0);
+}
