@@ -13,10 +13,12 @@ from typing import NamedTuple as _NamedTuple
 
 from . import _address
 from . import _core
+from . import cuda
 from ._core import (
     TRACEMALLOC_DOMAIN,
     Buffer,
     DeviceUnavailableError,
+    DeviceView,
     MemManagerError,
     OverlapError,
     UnknownAllocatorError,
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Buffer",
     "DeviceUnavailableError",
+    "DeviceView",
     "LiveBuffer",
     "MemManagerError",
     "OverlapError",
@@ -39,6 +42,7 @@ __all__ = [
     "__version__",
     "allocators",
     "collect_delayed",
+    "cuda",
     "get_delayed_gc_objects",
     "get_include",
     "live_buffers",

@@ -18,6 +18,11 @@
  *   region_registry.c  the process-wide live-region registry and stats
  *   delayed_gc.c       pinning (delayed GC), collect_delayed, exit release
  *   consume.c          Buffer.consume: adopting memory that exists already
+ *   cuda_loader.c      the CUDA driver, loaded with dlopen at first use
+ *   cuda_allocators.c  the CudaHost, CudaDevice and CudaManaged vtables
+ *   cuda_device.c      device_movement(): per-(buffer, device) mappings
+ *   cuda_view.c        device_view(): __cuda_array_interface__ and DLPack
+ *                      (the four share cuda_driver.h and cuda_abi.h)
  *
  * Ownership rules for a BufferObject are written at the top of buffer.c.
  */
@@ -54,6 +59,8 @@ typedef struct {
     PyObject *OverlapError;
     PyObject *DeviceUnavailableError;
     PyObject *address_resolver; /* Python callable for foreign pointers, or NULL */
+    PyTypeObject *device_view_type;
+    PyObject *cuda_driver;     /* capsule: the CUDA loader, loaded at first use */
     int debug;                 /* MEMMANAGER_DEBUG was set at import */
 } mm_state;
 
@@ -65,6 +72,16 @@ mm_state *mm_state_from_type(PyTypeObject *type);
 /* Allocators                                                          */
 /* ------------------------------------------------------------------ */
 
+/* Where an allocator's memory lives (device_movement and the host-access
+ * checks depend on it). */
+enum {
+    MM_MEMORY_HOST = 0,        /* ordinary host memory (CudaHost: pinned) */
+    MM_MEMORY_CUDA_MANAGED,    /* unified memory: host and every device */
+    MM_MEMORY_CUDA_DEVICE,     /* device memory: the host cannot touch it */
+};
+
+struct mm_device_hooks;
+
 typedef struct {
     PyObject_HEAD
     PyObject *name;                    /* str */
@@ -74,7 +91,18 @@ typedef struct {
     int uses_pymem;                    /* PyMem_*: GIL needed, already traced */
     int consume_only;                  /* cannot allocate (Borrowed) */
     int advise_hugepages;              /* heap blocks: madvise huge pages */
+    const struct mm_device_hooks *device_hooks; /* device allocators, else NULL */
+    int memory_kind;                   /* MM_MEMORY_* */
 } AllocatorObject;
+
+/* What allocator.c asks of a device allocator (cuda_allocators.c). */
+typedef struct mm_device_hooks {
+    /* With the GIL, before each allocation: make the device usable, or
+     * raise DeviceUnavailableError. */
+    int (*prepare)(AllocatorObject *alloc);
+    /* Set size bytes to byte in memory the host cannot touch; raises. */
+    int (*fill)(AllocatorObject *alloc, void *ptr, int byte, size_t size);
+} mm_device_hooks;
 
 /* One allocated block as the allocator returned it. */
 typedef struct {
@@ -114,6 +142,7 @@ typedef struct {
     Py_buffer source_view;    /* export of source held by a zero-copy consume */
     PyObject *weakreflist;
     region_node node;         /* this buffer's entry in the live-region registry */
+    struct mm_device_state *device; /* GPU mappings (cuda_device.c), or NULL */
     /* One-shot region requested by region(): consumed by the next getbuffer. */
     Py_ssize_t pending_offset;
     Py_ssize_t pending_length;
@@ -125,6 +154,7 @@ typedef struct {
     unsigned char holds_source_view;
     unsigned char has_pending_region;
     unsigned char pending_readonly;
+    unsigned char host_inaccessible; /* device memory: no host reads or writes */
 } BufferObject;
 
 extern PyType_Spec buffer_type_spec;
@@ -138,6 +168,7 @@ int buffer_register_region(mm_state *st, BufferObject *self);
 int buffer_release_memory(BufferObject *self);
 int buffer_check_live(BufferObject *self);
 int buffer_check_writable(BufferObject *self);
+int buffer_check_host_access(BufferObject *self);
 int buffer_finish_construction(mm_state *st, BufferObject *self,
                                PyObject *death_stub, int delayed_gc);
 mm_state *buffer_state(BufferObject *self);
@@ -193,6 +224,18 @@ PyObject *delayed_gc_release_all(mm_state *st);
 /* consume.c */
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames);
+
+/* The GPU files (cuda_*.c; their shared header is cuda_driver.h) */
+extern PyType_Spec device_view_type_spec;
+int cuda_register_allocators(mm_state *st);
+PyObject *cuda_probe(PyObject *module, PyObject *unused);
+PyObject *cuda_reset(PyObject *module, PyObject *unused);
+PyObject *buffer_device_movement(PyObject *self, PyObject *const *args,
+                                 Py_ssize_t nargs, PyObject *kwnames);
+PyObject *buffer_device_mappings(PyObject *self, PyObject *unused);
+PyObject *buffer_device_view(PyObject *self, PyObject *const *args,
+                             Py_ssize_t nargs, PyObject *kwnames);
+void device_state_free(BufferObject *self);   /* never raises */
 
 /* module.c */
 void raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,
