@@ -241,7 +241,7 @@ mm_device_mapping *device_mapping_find(BufferObject *self, int device_id)
 }
 
 /* The driver that made the buffer's mappings, else its CUDA allocator's,
- * else the module's current one (borrowed). */
+ * else the module's current one (borrowed; NULL with an exception). */
 PyObject *device_driver_capsule(BufferObject *self)
 {
     if (self->device != NULL) {
@@ -251,7 +251,17 @@ PyObject *device_driver_capsule(BufferObject *self)
         return self->allocator->keeper;
     }
     mm_state *st = buffer_state(self);
+    if (st != NULL && st->cuda_driver == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot use the GPU: memmanager is shutting down");
+    }
     return st ? st->cuda_driver : NULL;
+}
+
+mm_cuda_driver *device_driver(BufferObject *self)
+{
+    PyObject *capsule = device_driver_capsule(self);
+    return capsule ? cuda_driver_of(capsule) : NULL;
 }
 
 static int ensure_device_state(BufferObject *self, PyObject *driver)
@@ -540,8 +550,7 @@ PyObject *buffer_device_movement(PyObject *op, PyObject *const *args,
         check_buffer_allows(self, &mv) < 0) {
         return NULL;
     }
-    PyObject *capsule = device_driver_capsule(self);
-    mm_cuda_driver *d = capsule ? cuda_driver_of(capsule) : NULL;
+    mm_cuda_driver *d = device_driver(self);
     if (d == NULL || cuda_driver_require(st, d, mv.device_id) < 0 ||
         perform(st, d, self, &mv) < 0) {
         return NULL;

@@ -105,8 +105,10 @@ struct mm_device_state {
 };
 
 mm_device_mapping *device_mapping_find(BufferObject *self, int device_id);
-/* The driver capsule device work on this buffer goes through (borrowed). */
+/* The driver capsule device work on this buffer goes through (borrowed),
+ * and its table; NULL with an exception (at shutdown). */
 PyObject *device_driver_capsule(BufferObject *self);
+mm_cuda_driver *device_driver(BufferObject *self);
 int device_parse_id(PyObject *obj, int *device_id);
 /* Whether the buffer's own memory is usable on device_id without a map. */
 int device_memory_is_native(BufferObject *self, int device_id);

@@ -97,8 +97,7 @@ PyObject *buffer_device_view(PyObject *op, PyObject *const *args,
         buffer_check_live(self) < 0) {
         return NULL;
     }
-    PyObject *capsule = device_driver_capsule(self);
-    mm_cuda_driver *d = capsule ? cuda_driver_of(capsule) : NULL;
+    mm_cuda_driver *d = device_driver(self);
     if (d == NULL || cuda_driver_require(st, d, device_id) < 0) {
         return NULL;
     }
