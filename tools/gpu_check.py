@@ -155,7 +155,7 @@ def cupy_zero_copy(ctx):
         assert int(array.sum()) == 7 * 4096
     by_dlpack[:] = 9                          # writes reach the same memory
     assert int(by_cai.sum()) == 9 * 4096
-    del by_cai, by_dlpack, view
+    del array, by_cai, by_dlpack, view       # every holder of the device view
     buf.device_movement("exit", "from")
     assert bytes(buf) == b"\x09" * 4096
     buf.release()
@@ -282,11 +282,14 @@ def bandwidth_cudahost_vs_cupy(ctx):
         device.get(out=host)
         sync()
 
+    host_to_device = getattr(runtime, "memcpyHostToDevice", 1)   # cudaMemcpyKind
+    device_to_host = getattr(runtime, "memcpyDeviceToHost", 2)
+
     def memcpy_h2d():
-        runtime.memcpy(device.data.ptr, host.ctypes.data, size, runtime.memcpyHostToDevice)
+        runtime.memcpy(device.data.ptr, host.ctypes.data, size, host_to_device)
 
     def memcpy_d2h():
-        runtime.memcpy(host.ctypes.data, device.data.ptr, size, runtime.memcpyDeviceToHost)
+        runtime.memcpy(host.ctypes.data, device.data.ptr, size, device_to_host)
 
     cupy_h2d = max(gib / median_seconds(f, repeat) for f in (set_, memcpy_h2d))
     cupy_d2h = max(gib / median_seconds(f, repeat) for f in (get_, memcpy_d2h))
