@@ -7,6 +7,7 @@ conftest.py), which checks every driver call memmanager makes.
 """
 
 import ctypes
+import ctypes.util
 import gc
 import os
 import subprocess
@@ -73,7 +74,7 @@ def test_default_library_is_libcuda(fake_cuda_library):
 
 
 def test_a_library_without_the_entry_points_is_refused():
-    libc = "libc.so.6"
+    libc = ctypes.util.find_library("c") or "libc.so.6"
     with cuda_library(libc):
         assert not memmanager.cuda.is_available()
         reason = memmanager.cuda.unavailable_reason()
@@ -363,3 +364,20 @@ def test_cudamanaged_is_reachable_from_host_and_device(fake_cuda, make_buffer):
 
 def test_cudamanaged_init_byte(fake_cuda, make_buffer):
     assert bytes(make_buffer(10, 1, allocator="CudaManaged", init_value=200)) == b"\xc8" * 10
+
+
+# ---------------------------------------------------------------------------
+# tools/gpu_check.py (the real-GPU checks) at least starts and says why not
+# ---------------------------------------------------------------------------
+
+
+def test_gpu_check_script_reports_a_missing_gpu(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "tools" / "gpu_check.py"
+    missing = str(tmp_path / "no-libcuda.so.1")
+    env = dict(os.environ, **{CUDA_LIBRARY_VARIABLE: missing})
+    result = subprocess.run([sys.executable, str(script)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.startswith("no GPU: ") and missing in result.stdout
