@@ -45,7 +45,7 @@ core = Extension(
     extra_compile_args=extra_compile_args,
     extra_link_args=extra_link_args,
     undef_macros=undef_macros,
-    libraries=["rt"],
+    libraries=["rt", "dl"],
 )
 
 setup(ext_modules=[core])

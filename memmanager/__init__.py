@@ -16,10 +16,12 @@ from . import _address
 from . import _core
 from . import _pickle
 from . import _views
+from . import cuda
 from ._core import (
     TRACEMALLOC_DOMAIN,
     Buffer,
     DeviceUnavailableError,
+    DeviceView,
     MemManagerError,
     OverlapError,
     UnknownAllocatorError,
@@ -35,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Buffer",
     "DeviceUnavailableError",
+    "DeviceView",
     "LiveBuffer",
     "MemManagerError",
     "OverlapError",
@@ -44,6 +47,7 @@ __all__ = [
     "__version__",
     "allocators",
     "collect_delayed",
+    "cuda",
     "get_delayed_gc_objects",
     "get_include",
     "live_buffers",

@@ -11,6 +11,9 @@
  *   - transparent huge pages for large non-zeroed heap blocks;
  *   - tracemalloc reporting under MEMMANAGER_TRACEMALLOC_DOMAIN for every
  *     allocator that does not use PyMem_* (which Python traces itself).
+ *   - device allocators (cuda_allocators.c): their `prepare` hook runs
+ *     before each allocation, and memory the host cannot touch is filled
+ *     by their `fill` hook instead of memset.
  *
  * Each buffer holds a strong reference to its AllocatorObject, so it frees
  * through the allocator that made it even after the name is re-registered.
@@ -91,6 +94,8 @@ PyObject *allocator_new(mm_state *st, const char *name,
     self->consume_only = (vtable == &mm_borrowed_vtable);
     self->advise_hugepages = (vtable == &mm_pyalloc_vtable ||
                               vtable == &mm_cmalloc_vtable);
+    self->device_hooks = NULL;
+    self->memory_kind = MM_MEMORY_HOST;
     self->name = PyUnicode_FromString(name);
     if (self->name == NULL) {
         Py_DECREF(self);
@@ -114,7 +119,8 @@ int allocator_register_builtins(mm_state *st)
 {
     if (register_builtin(st, &mm_pyalloc_vtable) < 0 ||
         register_builtin(st, &mm_cmalloc_vtable) < 0 ||
-        register_builtin(st, &mm_borrowed_vtable) < 0) {
+        register_builtin(st, &mm_borrowed_vtable) < 0 ||
+        cuda_register_allocators(st) < 0) {
         return -1;
     }
     st->default_allocator = Py_NewRef(PyDict_GetItemString(st->allocators, "PyAlloc"));
@@ -192,6 +198,23 @@ static void *call_allocate(const MemManagerAllocator *vt, size_t size, int zero)
     return zero ? vt->calloc(vt->ctx, size, 1) : vt->malloc(vt->ctx, size);
 }
 
+/* Sets every byte of a fresh block; 0 or -1 with an exception. */
+static int fill_block(AllocatorObject *alloc, void *ptr, int init_byte, size_t size)
+{
+    if (alloc->memory_kind == MM_MEMORY_CUDA_DEVICE) {
+        return alloc->device_hooks->fill(alloc, ptr, init_byte, size);
+    }
+    if (size >= RELEASE_GIL_THRESHOLD) {
+        Py_BEGIN_ALLOW_THREADS
+        memset(ptr, init_byte, size);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        memset(ptr, init_byte, size);
+    }
+    return 0;
+}
+
 int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
                           mm_block *out)
 {
@@ -205,6 +228,9 @@ int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
                      alloc->name);
         return -1;
     }
+    if (alloc->device_hooks != NULL && alloc->device_hooks->prepare(alloc) < 0) {
+        return -1;
+    }
     ptr = call_allocate(vt, size, zero);   /* an mmap at most: quick */
     if (ptr == NULL) {
         PyErr_Format(PyExc_MemoryError, "Allocator %U could not allocate %zu bytes",
@@ -215,15 +241,9 @@ int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
     if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
         advise_hugepages(ptr, size);
     }
-    if (init_byte > 0) {
-        if (size >= RELEASE_GIL_THRESHOLD) {
-            Py_BEGIN_ALLOW_THREADS
-            memset(ptr, init_byte, size);
-            Py_END_ALLOW_THREADS
-        }
-        else {
-            memset(ptr, init_byte, size);
-        }
+    if (init_byte > 0 && fill_block(alloc, ptr, init_byte, size) < 0) {
+        vt->free(vt->ctx, ptr, size);
+        return -1;
     }
     out->address = ptr;
     out->size = size;

@@ -66,9 +66,25 @@ int buffer_check_live(BufferObject *self)
     return 0;
 }
 
-int buffer_check_writable(BufferObject *self)
+/* Live, and memory the host may read and write (CudaDevice memory is on
+ * the GPU: reaching it from the host would crash). */
+int buffer_check_host_access(BufferObject *self)
 {
     if (buffer_check_live(self) < 0) {
+        return -1;
+    }
+    if (self->host_inaccessible) {
+        PyErr_Format(PyExc_BufferError,
+                     "the memory of a %U buffer is on the GPU: the host cannot "
+                     "read or write it (use device_view())", self->allocator->name);
+        return -1;
+    }
+    return 0;
+}
+
+int buffer_check_writable(BufferObject *self)
+{
+    if (buffer_check_host_access(self) < 0) {
         return -1;
     }
     if (self->readonly) {
@@ -127,6 +143,9 @@ int buffer_release_memory(BufferObject *self)
     char *data = self->data;
     self->released = 1;
     self->data = NULL;
+    if (self->device != NULL) {
+        device_state_free(self);   /* the device copies go first */
+    }
     region_registry_remove(&self->node);
     if (self->owns_memory && data != NULL) {
         mm_block block = {data, (size_t)self->nbytes};
@@ -240,6 +259,7 @@ static int allocate_memory(BufferObject *self, AllocatorObject *alloc,
     self->data = block.address;
     self->allocator = (AllocatorObject *)Py_NewRef(alloc);
     self->owns_memory = 1;
+    self->host_inaccessible = (alloc->memory_kind == MM_MEMORY_CUDA_DEVICE);
     return 0;
 }
 
@@ -561,6 +581,22 @@ static PyMethodDef buffer_methods[] = {
      "_forget_view($self, name, /)\n--\n\nDrop the view stored under name."},
     {"_view_names", buffer_view_names, METH_NOARGS,
      "_view_names($self, /)\n--\n\nNames of the stored views."},
+    {"device_movement", (PyCFunction)(void (*)(void))buffer_device_movement,
+     METH_FASTCALL | METH_KEYWORDS,
+     "device_movement($self, action, direction, *, device='NVIDIA_GPU', "
+     "device_id=0, start=0, end=None)\n--\n\n"
+     "Map [start, end) of the buffer to a GPU, with the OpenMP target-data\n"
+     "meaning of (action, direction): enter to/tofrom/alloc, exit\n"
+     "from/tofrom/release/delete, update to/from.  See docs/gpu.md."},
+    {"device_view", (PyCFunction)(void (*)(void))buffer_device_view,
+     METH_FASTCALL | METH_KEYWORDS,
+     "device_view($self, device_id=0)\n--\n\n"
+     "The device copy on device_id, with __cuda_array_interface__ and DLPack.\n"
+     "It counts as an export while it lives."},
+    {"device_mappings", buffer_device_mappings, METH_NOARGS,
+     "device_mappings($self, /)\n--\n\n"
+     "{device_id: {'device_address', 'nbytes', 'refcount', 'views'}} of the\n"
+     "buffer's device copies."},
     {"release", buffer_release_method, METH_NOARGS,
      "release($self, /)\n--\n\nRun the death stub and free the memory now. Idempotent."},
     {"__enter__", buffer_enter, METH_NOARGS, "__enter__($self, /)\n--\n\n"},

@@ -12,7 +12,8 @@
  *     changes size.
  *
  * Large copies run without the GIL while an internal export keeps
- * release() from freeing the memory underneath them.
+ * release() from freeing the memory underneath them.  Memory the host
+ * cannot touch (CudaDevice) is refused with BufferError at each entry.
  */
 #include "memmanager.h"
 
@@ -36,7 +37,7 @@ int buffer_getbuffer(PyObject *op, Py_buffer *view, int flags)
         length = self->pending_length;
         readonly |= self->pending_readonly;
     }
-    if (buffer_check_live(self) < 0) {
+    if (buffer_check_host_access(self) < 0) {
         view->obj = NULL;
         return -1;
     }
@@ -159,7 +160,7 @@ PyObject *buffer_extract_region(PyObject *op, PyObject *const *args,
                          2, values) < 0 ||
         parse_bound(values[0], 0, "start", &start) < 0 ||
         parse_bound(values[1], 0, "end", &end) < 0 ||
-        buffer_check_live(self) < 0) {
+        buffer_check_host_access(self) < 0) {
         return NULL;
     }
     if (values[1] == NULL || values[1] == Py_None) {
@@ -184,7 +185,7 @@ Py_ssize_t buffer_length(PyObject *op)
 PyObject *buffer_item(PyObject *op, Py_ssize_t index)
 {
     BufferObject *self = (BufferObject *)op;
-    if (buffer_check_live(self) < 0) {
+    if (buffer_check_host_access(self) < 0) {
         return NULL;
     }
     if (index < 0 || index >= self->nbytes) {
@@ -199,7 +200,7 @@ PyObject *buffer_item(PyObject *op, Py_ssize_t index)
 static int normalise_index(BufferObject *self, PyObject *key, Py_ssize_t *index)
 {
     Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
-    if ((i == -1 && PyErr_Occurred()) || buffer_check_live(self) < 0) {
+    if ((i == -1 && PyErr_Occurred()) || buffer_check_host_access(self) < 0) {
         return -1;
     }
     if (i < 0) {
@@ -217,7 +218,7 @@ static PyObject *slice_to_bytes(BufferObject *self, PyObject *slice)
 {
     Py_ssize_t start, stop, step;
     if (PySlice_Unpack(slice, &start, &stop, &step) < 0 ||
-        buffer_check_live(self) < 0) {
+        buffer_check_host_access(self) < 0) {
         return NULL;
     }
     Py_ssize_t length = PySlice_AdjustIndices(self->nbytes, &start, &stop, step);

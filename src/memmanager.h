@@ -23,6 +23,11 @@
  *   views.c            the per-buffer store of named views and its GC support
  *   dlpack.c           DLPack export (capsules, deleters); Buffer.__dlpack__
  *   dlpack_abi.h       our declarations of the DLPack structs
+ *   cuda_loader.c      the CUDA driver, loaded with dlopen at first use
+ *   cuda_allocators.c  the CudaHost, CudaDevice and CudaManaged vtables
+ *   cuda_device.c      device_movement(): per-(buffer, device) mappings
+ *   cuda_view.c        device_view(): __cuda_array_interface__ and DLPack
+ *                      (the four share cuda_driver.h and cuda_abi.h)
  *
  * Ownership rules for a BufferObject are written at the top of buffer.c.
  */
@@ -71,6 +76,8 @@ typedef struct {
     PyObject *str_copy;
     PyObject *str_readonly;
     PyObject *str_owner;
+    PyTypeObject *device_view_type;
+    PyObject *cuda_driver;     /* capsule: the CUDA loader, loaded at first use */
     int debug;                 /* MEMMANAGER_DEBUG was set at import */
 } mm_state;
 
@@ -82,6 +89,16 @@ mm_state *mm_state_from_type(PyTypeObject *type);
 /* Allocators                                                          */
 /* ------------------------------------------------------------------ */
 
+/* Where an allocator's memory lives (device_movement and the host-access
+ * checks depend on it). */
+enum {
+    MM_MEMORY_HOST = 0,        /* ordinary host memory (CudaHost: pinned) */
+    MM_MEMORY_CUDA_MANAGED,    /* unified memory: host and every device */
+    MM_MEMORY_CUDA_DEVICE,     /* device memory: the host cannot touch it */
+};
+
+struct mm_device_hooks;
+
 typedef struct {
     PyObject_HEAD
     PyObject *name;                    /* str */
@@ -91,7 +108,18 @@ typedef struct {
     int uses_pymem;                    /* PyMem_*: GIL needed, already traced */
     int consume_only;                  /* cannot allocate (Borrowed) */
     int advise_hugepages;              /* heap blocks: madvise huge pages */
+    const struct mm_device_hooks *device_hooks; /* device allocators, else NULL */
+    int memory_kind;                   /* MM_MEMORY_* */
 } AllocatorObject;
+
+/* What allocator.c asks of a device allocator (cuda_allocators.c). */
+typedef struct mm_device_hooks {
+    /* With the GIL, before each allocation: make the device usable, or
+     * raise DeviceUnavailableError. */
+    int (*prepare)(AllocatorObject *alloc);
+    /* Set size bytes to byte in memory the host cannot touch; raises. */
+    int (*fill)(AllocatorObject *alloc, void *ptr, int byte, size_t size);
+} mm_device_hooks;
 
 /* One allocated block as the allocator returned it. */
 typedef struct {
@@ -132,6 +160,7 @@ typedef struct {
     PyObject *weakreflist;
     PyObject *views;          /* dict: view name -> entry (views.c), or NULL */
     region_node node;         /* this buffer's entry in the live-region registry */
+    struct mm_device_state *device; /* GPU mappings (cuda_device.c), or NULL */
     /* One-shot region requested by region(): consumed by the next getbuffer. */
     Py_ssize_t pending_offset;
     Py_ssize_t pending_length;
@@ -143,6 +172,7 @@ typedef struct {
     unsigned char holds_source_view;
     unsigned char has_pending_region;
     unsigned char pending_readonly;
+    unsigned char host_inaccessible; /* device memory: no host reads or writes */
 } BufferObject;
 
 extern PyType_Spec buffer_type_spec;
@@ -157,6 +187,7 @@ int buffer_register_region(mm_state *st, BufferObject *self);
 int buffer_release_memory(BufferObject *self);
 int buffer_check_live(BufferObject *self);
 int buffer_check_writable(BufferObject *self);
+int buffer_check_host_access(BufferObject *self);
 int buffer_finish_construction(mm_state *st, BufferObject *self,
                                PyObject *death_stub, int delayed_gc);
 mm_state *buffer_state(BufferObject *self);
@@ -255,6 +286,17 @@ PyObject *dlpack_capsule_new(const mm_dlpack_source *src, int versioned);
 PyObject *buffer_dlpack(PyObject *self, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
 PyObject *buffer_dlpack_device(PyObject *self, PyObject *unused);
+/* The GPU files (cuda_*.c; their shared header is cuda_driver.h) */
+extern PyType_Spec device_view_type_spec;
+int cuda_register_allocators(mm_state *st);
+PyObject *cuda_probe(PyObject *module, PyObject *unused);
+PyObject *cuda_reset(PyObject *module, PyObject *unused);
+PyObject *buffer_device_movement(PyObject *self, PyObject *const *args,
+                                 Py_ssize_t nargs, PyObject *kwnames);
+PyObject *buffer_device_mappings(PyObject *self, PyObject *unused);
+PyObject *buffer_device_view(PyObject *self, PyObject *const *args,
+                             Py_ssize_t nargs, PyObject *kwnames);
+void device_state_free(BufferObject *self);   /* never raises */
 
 /* module.c */
 void raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,

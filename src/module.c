@@ -10,6 +10,8 @@
  *   _release_pinned_at_exit()  called from an atexit hook
  *   _registry_check()        the registry's invariants, for tests
  *   _set_address_resolver(f) Python helper turning foreign pointers into ints
+ *   _cuda_probe(), _cuda_reset()  the CUDA loader (cuda_loader.c), for
+ *                            memmanager.cuda and the tests
  *
  * The only process-wide state (the region registry) lives in
  * region_registry.c; everything else is in mm_state.
@@ -184,6 +186,12 @@ static PyMethodDef module_methods[] = {
      "_release_pinned_at_exit()\n--\n\nRelease every pinned buffer (atexit)."},
     {"_registry_check", mm_registry_check, METH_NOARGS,
      "_registry_check()\n--\n\nVerify the registry; return the number of live regions."},
+    {"_cuda_probe", cuda_probe, METH_NOARGS,
+     "_cuda_probe()\n--\n\n(device_count, reason, library, driver_version), loading\n"
+     "the CUDA driver if needed; reason is None when a GPU is usable."},
+    {"_cuda_reset", cuda_reset, METH_NOARGS,
+     "_cuda_reset()\n--\n\nForget the loaded CUDA driver (re-read "
+     "MEMMANAGER_CUDA_LIBRARY at\nnext use); existing buffers keep theirs. For tests."},
     {"_set_address_resolver", mm_set_address_resolver, METH_O,
      "_set_address_resolver(resolver, /)\n--\n\n"
      "Install the callable consume() uses for ctypes/cffi pointers."},
@@ -246,12 +254,16 @@ static int add_types(PyObject *module, mm_state *st)
         module, &cached_classmethod_spec, NULL);
     st->buffer_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &buffer_type_spec, NULL);
+    st->device_view_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &device_view_type_spec, NULL);
     if (st->allocator_type == NULL || st->cached_classmethod_type == NULL ||
-        st->buffer_type == NULL || buffer_finish_type(st, st->buffer_type) < 0) {
+        st->buffer_type == NULL || st->device_view_type == NULL ||
+        buffer_finish_type(st, st->buffer_type) < 0) {
         return -1;
     }
     if (PyModule_AddType(module, st->buffer_type) < 0 ||
-        PyModule_AddType(module, st->allocator_type) < 0) {
+        PyModule_AddType(module, st->allocator_type) < 0 ||
+        PyModule_AddType(module, st->device_view_type) < 0) {
         return -1;
     }
     return 0;
@@ -319,6 +331,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->DeviceUnavailableError);
     Py_VISIT(st->address_resolver);
     Py_VISIT(st->cmalloc_allocator);
+    Py_VISIT(st->device_view_type);
+    Py_VISIT(st->cuda_driver);
     return 0;
 }
 
@@ -345,6 +359,8 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->allocator_type);
     Py_CLEAR(st->cached_classmethod_type);
     Py_CLEAR(st->view_entry_type);
+    Py_CLEAR(st->device_view_type);
+    Py_CLEAR(st->cuda_driver);
     return 0;
 }
 
