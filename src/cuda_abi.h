@@ -1,26 +1,18 @@
 /*
- * cuda_abi.h -- the few facts of two foreign binary interfaces that the
- * GPU code needs, written out by hand so that building memmanager needs
- * neither the CUDA toolkit nor a DLPack header:
+ * cuda_abi.h -- the few facts of the CUDA driver API (libcuda) that the GPU
+ * code needs, written out by hand so that building memmanager needs no CUDA
+ * toolkit: handle and result types, the handful of constants we pass or
+ * test, and one function-pointer type per entry point cuda_loader.c
+ * resolves.  (DLPack, which the device views also speak, has its one set of
+ * declarations in dlpack_abi.h.)
  *
- *   - the CUDA driver API (libcuda): handle and result types, the handful
- *     of constants we pass or test, and one function-pointer type per
- *     entry point cuda_loader.c resolves;
- *   - DLPack: the tensor structs a __dlpack__ capsule carries and the
- *     device-type codes (kDLCUDA and friends).
- *
- * Only values are taken from the published interfaces; a name here says
+ * Only values are taken from the published interface; a name here says
  * what the value means to us.  Nothing in this file allocates or calls.
  */
 #ifndef MEMMANAGER_CUDA_ABI_H
 #define MEMMANAGER_CUDA_ABI_H
 
 #include <stddef.h>
-#include <stdint.h>
-
-/* ------------------------------------------------------------------ */
-/* CUDA driver API                                                     */
-/* ------------------------------------------------------------------ */
 
 typedef int cu_result;                    /* CUresult: 0 is success */
 typedef int cu_device;                    /* CUdevice: an ordinal handle */
@@ -61,65 +53,5 @@ typedef cu_result (*cu_mem_free_host_fn)(void *pointer);
 typedef cu_result (*cu_mem_alloc_managed_fn)(cu_device_ptr *pointer, size_t size,
                                              unsigned int flags);
 typedef cu_result (*cu_get_error_text_fn)(cu_result error, const char **text);
-
-/* ------------------------------------------------------------------ */
-/* DLPack                                                              */
-/* ------------------------------------------------------------------ */
-
-#define DLPACK_DEVICE_CPU 1           /* kDLCPU */
-#define DLPACK_DEVICE_CUDA 2          /* kDLCUDA */
-#define DLPACK_DTYPE_UINT 1           /* kDLUInt */
-#define DLPACK_FLAG_READ_ONLY ((uint64_t)1 << 0)
-
-/* The version this producer writes into a versioned capsule. */
-#define DLPACK_PRODUCED_MAJOR 1u
-#define DLPACK_PRODUCED_MINOR 0u
-
-#define DLPACK_CAPSULE_LEGACY "dltensor"
-#define DLPACK_CAPSULE_LEGACY_USED "used_dltensor"
-#define DLPACK_CAPSULE_VERSIONED "dltensor_versioned"
-#define DLPACK_CAPSULE_VERSIONED_USED "used_dltensor_versioned"
-
-typedef struct {
-    int32_t device_type;
-    int32_t device_id;
-} dlpack_device;
-
-typedef struct {
-    uint8_t code;
-    uint8_t bits;
-    uint16_t lanes;
-} dlpack_dtype;
-
-typedef struct {
-    void *data;
-    dlpack_device device;
-    int32_t ndim;
-    dlpack_dtype dtype;
-    int64_t *shape;
-    int64_t *strides;          /* in elements; we always provide them */
-    uint64_t byte_offset;
-} dlpack_tensor;
-
-/* The legacy capsule's payload ("dltensor"). */
-typedef struct dlpack_managed_tensor {
-    dlpack_tensor tensor;
-    void *manager_ctx;
-    void (*deleter)(struct dlpack_managed_tensor *self);
-} dlpack_managed_tensor;
-
-typedef struct {
-    uint32_t major;
-    uint32_t minor;
-} dlpack_version;
-
-/* The versioned capsule's payload ("dltensor_versioned", DLPack >= 1.0). */
-typedef struct dlpack_managed_tensor_versioned {
-    dlpack_version version;
-    void *manager_ctx;
-    void (*deleter)(struct dlpack_managed_tensor_versioned *self);
-    uint64_t flags;
-    dlpack_tensor tensor;
-} dlpack_managed_tensor_versioned;
 
 #endif /* MEMMANAGER_CUDA_ABI_H */

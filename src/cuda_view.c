@@ -22,10 +22,11 @@
  *   would free the device copy is refused (BufferError).  A view of memory
  *   that is already on the device (CudaDevice, CudaManaged) has no mapping.
  * - Consumers keep the view alive: CuPy and Numba hold the object whose
- *   __cuda_array_interface__ they read; a DLPack capsule's manager_ctx
- *   holds a strong reference to the view until the consumer's deleter.
- * - The deleter may run on any thread (it takes the GIL) and after the
- *   interpreter is gone (it then does nothing: the process is ending).
+ *   __cuda_array_interface__ they read; a DLPack capsule (made by
+ *   dlpack.c's dlpack_capsule_new, kDLCUDA) holds a strong reference to
+ *   the view until the consumer's deleter, and no count of its own: the
+ *   view is already the buffer's export.  The deleter's thread and
+ *   shutdown rules are dlpack.c's.
  * - detach() is the one way a view lets go (dealloc, or tp_clear when the
  *   collector breaks a cycle through a death stub).
  */
@@ -203,194 +204,62 @@ static PyObject *view_repr(PyObject *op)
 }
 
 /* ------------------------------------------------------------------ */
-/* DLPack                                                              */
+/* DLPack: the request, the rules and the capsule are dlpack.c's       */
 /* ------------------------------------------------------------------ */
 
-/* One allocation per capsule: the managed tensor first (the deleter gets
- * its address back), then what its pointers point to. */
-typedef struct {
-    union {
-        dlpack_managed_tensor legacy;
-        dlpack_managed_tensor_versioned versioned;
-    } managed;
-    int64_t shape[1];
-    int64_t strides[1];
-    PyObject *owner;               /* strong: the DeviceView */
-} dlpack_holder;
-
-static void holder_free(dlpack_holder *holder)
+static mm_dl_device view_device(const DeviceViewObject *self)
 {
-    if (!Py_IsInitialized()) {
-        return;    /* after shutdown: touch nothing, the process is ending */
-    }
-    PyGILState_STATE gil = PyGILState_Ensure();
-    Py_XDECREF(holder->owner);
-    PyMem_RawFree(holder);
-    PyGILState_Release(gil);
+    mm_dl_device device = {MM_DL_CUDA, self->device_id};
+    return device;
 }
 
-static void legacy_deleter(dlpack_managed_tensor *tensor)
+/* Every copy completed before device_movement returned, so any stream
+ * will do: only its type is checked. */
+static int check_stream(PyObject *stream)
 {
-    holder_free(tensor->manager_ctx);
-}
-
-static void versioned_deleter(dlpack_managed_tensor_versioned *tensor)
-{
-    holder_free(tensor->manager_ctx);
-}
-
-/* A capsule nobody consumed still owns its tensor. */
-static void capsule_destructor(PyObject *capsule)
-{
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
-    if (PyCapsule_IsValid(capsule, DLPACK_CAPSULE_VERSIONED)) {
-        dlpack_managed_tensor_versioned *t =
-            PyCapsule_GetPointer(capsule, DLPACK_CAPSULE_VERSIONED);
-        t->deleter(t);
-    }
-    else if (PyCapsule_IsValid(capsule, DLPACK_CAPSULE_LEGACY)) {
-        dlpack_managed_tensor *t = PyCapsule_GetPointer(capsule, DLPACK_CAPSULE_LEGACY);
-        t->deleter(t);
-    }
-    PyErr_Restore(type, value, traceback);
-}
-
-static void fill_tensor(DeviceViewObject *self, dlpack_holder *holder,
-                        dlpack_tensor *tensor)
-{
-    holder->shape[0] = (int64_t)self->nbytes;
-    holder->strides[0] = 1;
-    tensor->data = (void *)(uintptr_t)self->device_address;
-    tensor->device.device_type = DLPACK_DEVICE_CUDA;
-    tensor->device.device_id = self->device_id;
-    tensor->ndim = 1;
-    tensor->dtype.code = DLPACK_DTYPE_UINT;
-    tensor->dtype.bits = 8;
-    tensor->dtype.lanes = 1;
-    tensor->shape = holder->shape;
-    tensor->strides = holder->strides;
-    tensor->byte_offset = 0;
-}
-
-static PyObject *make_capsule(DeviceViewObject *self, int versioned)
-{
-    dlpack_holder *holder = PyMem_RawCalloc(1, sizeof(dlpack_holder));
-    if (holder == NULL) {
-        return PyErr_NoMemory();
-    }
-    holder->owner = Py_NewRef((PyObject *)self);
-    const char *name;
-    if (versioned) {
-        dlpack_managed_tensor_versioned *t = &holder->managed.versioned;
-        t->version.major = DLPACK_PRODUCED_MAJOR;
-        t->version.minor = DLPACK_PRODUCED_MINOR;
-        t->manager_ctx = holder;
-        t->deleter = versioned_deleter;
-        t->flags = self->readonly ? DLPACK_FLAG_READ_ONLY : 0;
-        fill_tensor(self, holder, &t->tensor);
-        name = DLPACK_CAPSULE_VERSIONED;
-    }
-    else {
-        dlpack_managed_tensor *t = &holder->managed.legacy;
-        t->manager_ctx = holder;
-        t->deleter = legacy_deleter;
-        fill_tensor(self, holder, &t->tensor);
-        name = DLPACK_CAPSULE_LEGACY;
-    }
-    PyObject *capsule = PyCapsule_New(&holder->managed, name, capsule_destructor);
-    if (capsule == NULL) {
-        Py_DECREF(holder->owner);
-        PyMem_RawFree(holder);
-    }
-    return capsule;
-}
-
-/* max_version: None (legacy capsule) or (major, minor). */
-static int wants_versioned(PyObject *max_version)
-{
-    if (max_version == NULL || max_version == Py_None) {
-        return 0;
-    }
-    if (!PyTuple_Check(max_version) || PyTuple_GET_SIZE(max_version) != 2) {
-        PyErr_SetString(PyExc_TypeError,
-                        "max_version must be None or a (major, minor) tuple");
-        return -1;
-    }
-    long major = PyLong_AsLong(PyTuple_GET_ITEM(max_version, 0));
-    if (major == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    return major >= 1;
-}
-
-static int check_dl_device(DeviceViewObject *self, PyObject *dl_device)
-{
-    if (dl_device == NULL || dl_device == Py_None) {
-        return 0;
-    }
-    long type, id;
-    if (!PyTuple_Check(dl_device) || PyTuple_GET_SIZE(dl_device) != 2) {
-        PyErr_SetString(PyExc_TypeError,
-                        "dl_device must be None or a (device_type, device_id) tuple");
-        return -1;
-    }
-    type = PyLong_AsLong(PyTuple_GET_ITEM(dl_device, 0));
-    id = type == -1 && PyErr_Occurred() ? -1 : PyLong_AsLong(PyTuple_GET_ITEM(dl_device, 1));
-    if (PyErr_Occurred()) {
-        return -1;
-    }
-    if (type != DLPACK_DEVICE_CUDA || id != self->device_id) {
-        PyErr_Format(PyExc_BufferError, "cannot export to device (%ld, %ld) without a "
-                     "copy: this view is on (%d, %d)", type, id, DLPACK_DEVICE_CUDA,
-                     self->device_id);
+    if (stream != NULL && !PyLong_Check(stream)) {
+        PyErr_Format(PyExc_TypeError, "stream must be None or an int, not %.100s",
+                     Py_TYPE(stream)->tp_name);
         return -1;
     }
     return 0;
 }
 
-static int check_stream(PyObject *stream)
-{
-    if (stream != NULL && stream != Py_None && !PyLong_Check(stream)) {
-        PyErr_Format(PyExc_TypeError, "stream must be None or an int, not %.100s",
-                     Py_TYPE(stream)->tp_name);
-        return -1;
-    }
-    return 0;   /* every copy completed before device_movement returned */
-}
-
 static PyObject *view_dlpack(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
-    static const char *const names[] = {"stream", "max_version", "dl_device", "copy", NULL};
     DeviceViewObject *self = (DeviceViewObject *)op;
-    PyObject *v[4];
-    int versioned, copy;
-    if (unpack_arguments("__dlpack__", args, nargs, kwnames, names, 0, v) < 0 ||
-        check_stream(v[0]) < 0 ||
-        (versioned = wants_versioned(v[1])) < 0 ||
-        check_dl_device(self, v[2]) < 0 ||
-        (copy = (v[3] == NULL || v[3] == Py_None) ? 0 : PyObject_IsTrue(v[3])) < 0 ||
-        check_attached(self) < 0) {
+    mm_dlpack_request req;
+    /* Parse first (may run __index__ or __bool__), then look at the view. */
+    if (dlpack_parse_request("__dlpack__", args, nargs, kwnames, &req) < 0 ||
+        check_stream(req.stream) < 0 ||
+        dlpack_check_device(&req, view_device(self), "device view") < 0) {
         return NULL;
     }
-    if (copy) {
+    if (req.copy == 1) {
         PyErr_SetString(PyExc_BufferError,
                         "copy=True is not supported: a device view exports its memory");
         return NULL;
     }
-    if (self->readonly && !versioned) {
-        PyErr_SetString(PyExc_BufferError,
-                        "a read-only device view needs a versioned DLPack capsule "
-                        "(max_version >= (1, 0)) to say it is read-only");
+    if (check_attached(self) < 0 ||
+        dlpack_check_readonly(self->readonly, req.versioned, "device view", "") < 0) {
         return NULL;
     }
-    return make_capsule(self, versioned);
+    mm_dlpack_source src = {
+        .data = (void *)(uintptr_t)self->device_address,
+        .nbytes = self->nbytes,
+        .device = view_device(self),
+        .readonly = self->readonly,
+        .owner = op,        /* the view already counts as the buffer's export */
+        .unexport = NULL,
+    };
+    return dlpack_capsule_new(&src, req.versioned);
 }
 
 static PyObject *view_dlpack_device(PyObject *op, PyObject *Py_UNUSED(unused))
 {
-    return Py_BuildValue("(ii)", DLPACK_DEVICE_CUDA, ((DeviceViewObject *)op)->device_id);
+    mm_dl_device device = view_device((DeviceViewObject *)op);
+    return Py_BuildValue("(ii)", (int)device.device_type, (int)device.device_id);
 }
 
 /* ------------------------------------------------------------------ */

@@ -16,10 +16,14 @@
  *
  * Two layers:
  *
- *   - dlpack_capsule_new() turns any (data, nbytes, device, owner) into a
- *     capsule, versioned or legacy.  It is not specific to Buffer: the GPU
- *     code exports device memory (kDLCUDA) through it too.  The export it
- *     stands for is released by the `unexport` hook of the source.
+ *   - the exporter-neutral part, which every __dlpack__ of memmanager uses
+ *     (Buffer here, DeviceView in cuda_view.c): dlpack_parse_request()
+ *     parses the arguments, dlpack_check_device() and
+ *     dlpack_check_readonly() are the two rules every exporter applies,
+ *     and dlpack_capsule_new() turns any (data, nbytes, device, owner)
+ *     into a capsule, versioned or legacy.  The export a capsule stands
+ *     for is given back by the source's `unexport` hook; an owner that
+ *     counts nothing (a DeviceView) passes NULL and is only referenced.
  *   - buffer_dlpack() and buffer_dlpack_device() are the Buffer methods.
  *
  * Lifetime rules (what makes the export airtight):
@@ -30,7 +34,8 @@
  *     destructor when nobody consumed it (the name is still "dltensor..."),
  *     or by the consumer (NumPy, PyTorch) when it is done with the tensor.
  *   - The deleter may be called from any thread, with or without the GIL:
- *     it takes the GIL with PyGILState_Ensure.  Once finalisation is under
+ *     it takes the GIL with PyGILState_Ensure, and keeps any exception
+ *     being raised meanwhile as it was.  Once finalisation is under
  *     way (Py_IsInitialized() is false: module teardown, C atexit handlers)
  *     it never touches Python: the owner is left to the operating system
  *     and only the C block, which came from malloc, is freed.
@@ -65,10 +70,15 @@ static void dlpack_export_release(dlpack_export *export)
 {
     if (Py_IsInitialized()) {
         PyGILState_STATE gil = PyGILState_Ensure();
+        /* Dropping the owner may run its finaliser: keep the exception
+         * that may be propagating (a capsule dies during unwinding). */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
         if (export->unexport != NULL) {
             export->unexport(export->owner);
         }
         Py_DECREF(export->owner);
+        PyErr_Restore(type, value, traceback);
         PyGILState_Release(gil);
     }
     free(export);
@@ -148,8 +158,9 @@ static dlpack_export *export_new(const mm_dlpack_source *src, int versioned)
     return export;
 }
 
-/* The caller has counted one export of src->owner; the capsule owns it
- * from now on.  On failure the export is given back (src->unexport). */
+/* The caller has counted one export of src->owner (if it counts any); the
+ * capsule owns it from now on.  On failure the export is given back
+ * (src->unexport, when not NULL). */
 PyObject *dlpack_capsule_new(const mm_dlpack_source *src, int versioned)
 {
     dlpack_export *export = export_new(src, versioned);
@@ -225,6 +236,42 @@ int dlpack_parse_request(const char *funcname, PyObject *const *args,
 }
 
 /* ------------------------------------------------------------------ */
+/* The rules every exporter applies to a parsed request                */
+/* ------------------------------------------------------------------ */
+
+/* dl_device, when given, must be where the memory is: memmanager never
+ * copies across devices for a consumer.  `what` names the exporter. */
+int dlpack_check_device(const mm_dlpack_request *req, mm_dl_device here,
+                        const char *what)
+{
+    if (req->has_device && (req->device_type != here.device_type ||
+                            req->device_id != here.device_id)) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot export to DLPack device (%ld, %ld): the %s is on "
+                     "DLPack device (%d, %d)", req->device_type, req->device_id, what,
+                     (int)here.device_type, (int)here.device_id);
+        return -1;
+    }
+    return 0;
+}
+
+/* Only the versioned capsule has a READ_ONLY flag, so read-only memory is
+ * never handed out in a legacy one.  `remedy` ends the message ("" or a
+ * way out the exporter offers). */
+int dlpack_check_readonly(int readonly, int versioned, const char *what,
+                          const char *remedy)
+{
+    if (readonly && !versioned) {
+        PyErr_Format(PyExc_BufferError,
+                     "a read-only %s is exported only as a versioned DLPack "
+                     "capsule (max_version >= (1, 0)), which can say "
+                     "read-only; the legacy one cannot%s", what, remedy);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* Buffer.__dlpack__ and Buffer.__dlpack_device__                      */
 /* ------------------------------------------------------------------ */
 
@@ -235,6 +282,8 @@ static void buffer_unexport(PyObject *owner)
     assert(self->exports >= 0);
 }
 
+static const mm_dl_device cpu_device = {MM_DL_CPU, 0};
+
 static int check_cpu_request(const mm_dlpack_request *req)
 {
     if (req->stream != NULL) {
@@ -242,14 +291,7 @@ static int check_cpu_request(const mm_dlpack_request *req)
                      "a CPU buffer takes stream=None, not %R", req->stream);
         return -1;
     }
-    if (req->has_device && (req->device_type != MM_DL_CPU || req->device_id != 0)) {
-        PyErr_Format(PyExc_BufferError,
-                     "cannot export to DLPack device (%ld, %ld): the buffer is "
-                     "on the CPU (%d, 0)", req->device_type, req->device_id,
-                     (int)MM_DL_CPU);
-        return -1;
-    }
-    return 0;
+    return dlpack_check_device(req, cpu_device, "buffer");
 }
 
 /* A fresh, writable PyAlloc buffer with the same bytes (copy=True). */
@@ -285,7 +327,7 @@ static PyObject *export_buffer(BufferObject *source, int copied, int versioned)
     mm_dlpack_source src = {
         .data = source->data,
         .nbytes = source->nbytes,
-        .device = {MM_DL_CPU, 0},
+        .device = cpu_device,
         .readonly = source->readonly,
         .copied = copied,
         .owner = (PyObject *)source,
@@ -316,11 +358,8 @@ PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
         Py_DECREF(copy);   /* the capsule holds it now */
         return capsule;
     }
-    if (self->readonly && !req.versioned) {
-        PyErr_SetString(PyExc_BufferError,
-                        "a read-only buffer is exported only as a versioned "
-                        "DLPack capsule (max_version >= (1, 0)), which can say "
-                        "read-only; the legacy one cannot (or pass copy=True)");
+    if (dlpack_check_readonly(self->readonly, req.versioned, "buffer",
+                              " (or pass copy=True)") < 0) {
         return NULL;
     }
     return export_buffer(self, 0, req.versioned);
@@ -331,5 +370,5 @@ PyObject *buffer_dlpack_device(PyObject *op, PyObject *Py_UNUSED(unused))
     if (buffer_check_live((BufferObject *)op) < 0) {
         return NULL;
     }
-    return Py_BuildValue("(ii)", (int)MM_DL_CPU, 0);
+    return Py_BuildValue("(ii)", (int)cpu_device.device_type, (int)cpu_device.device_id);
 }

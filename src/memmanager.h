@@ -21,12 +21,14 @@
  *   cached_classmethod.c  a classmethod descriptor that allocates nothing
  *                      when looked up on its own class
  *   views.c            the per-buffer store of named views and its GC support
- *   dlpack.c           DLPack export (capsules, deleters); Buffer.__dlpack__
- *   dlpack_abi.h       our declarations of the DLPack structs
+ *   dlpack.c           DLPack export for every exporter (request parsing and
+ *                      rules, capsules, deleters); Buffer.__dlpack__
+ *   dlpack_abi.h       our declarations of the DLPack structs (the only ones)
  *   cuda_loader.c      the CUDA driver, loaded with dlopen at first use
  *   cuda_allocators.c  the CudaHost, CudaDevice and CudaManaged vtables
  *   cuda_device.c      device_movement(): per-(buffer, device) mappings
- *   cuda_view.c        device_view(): __cuda_array_interface__ and DLPack
+ *   cuda_view.c        device_view(): __cuda_array_interface__, and DLPack
+ *                      through dlpack.c
  *                      (the four share cuda_driver.h and cuda_abi.h)
  *
  * Ownership rules for a BufferObject are written at the top of buffer.c.
@@ -258,15 +260,17 @@ PyObject *buffer_stored_view(PyObject *self, PyObject *name);
 PyObject *buffer_forget_view(PyObject *self, PyObject *name);
 PyObject *buffer_view_names(PyObject *self, PyObject *unused);
 
-/* dlpack.c: a DLPack capsule over any memory (the GPU code reuses it). */
+/* dlpack.c: the one DLPack implementation, a capsule over any memory
+ * (Buffer.__dlpack__ here, DeviceView.__dlpack__ in cuda_view.c). */
 typedef struct {
     void *data;
     int64_t nbytes;                     /* exported as a 1-D uint8 tensor */
-    mm_dl_device device;
+    mm_dl_device device;                /* kDLCPU 0, kDLCUDA n, ... */
     int readonly;                       /* versioned: the READ_ONLY flag */
     int copied;                         /* versioned: the IS_COPIED flag */
     PyObject *owner;                    /* the capsule takes a reference */
-    void (*unexport)(PyObject *owner);  /* gives the export back (GIL held) */
+    void (*unexport)(PyObject *owner);  /* gives the export back (GIL held);
+                                           NULL: the owner counts none */
 } mm_dlpack_source;
 
 /* The arguments of __dlpack__, parsed but not judged. */
@@ -282,6 +286,10 @@ typedef struct {
 int dlpack_parse_request(const char *funcname, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames,
                          mm_dlpack_request *out);
+int dlpack_check_device(const mm_dlpack_request *req, mm_dl_device here,
+                        const char *what);
+int dlpack_check_readonly(int readonly, int versioned, const char *what,
+                          const char *remedy);
 PyObject *dlpack_capsule_new(const mm_dlpack_source *src, int versioned);
 PyObject *buffer_dlpack(PyObject *self, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);

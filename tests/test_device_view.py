@@ -329,6 +329,16 @@ def test_dlpack_refusals(fake_cuda, mapped, kwargs, error):
     assert mapped.exports == 1
 
 
+@pytest.mark.parametrize("max_version", [(1, "0"), (1, None), (1, 0.5), ("1", 0)])
+def test_dlpack_max_version_must_be_two_ints(fake_cuda, mapped, max_version):
+    # The one request parser of dlpack.c: the same rule as Buffer.__dlpack__.
+    view = mapped.device_view(1)
+    for exporter in (view, memmanager.Buffer(8, 1)):
+        with pytest.raises(TypeError):
+            exporter.__dlpack__(max_version=max_version)
+    assert mapped.exports == 1
+
+
 def test_dlpack_arguments_are_keyword_only(fake_cuda, mapped):
     with pytest.raises(TypeError):
         mapped.device_view(1).__dlpack__(None)
