@@ -29,9 +29,11 @@ demo: build
 test: build
 	$(PY) -m pytest -q tests
 
-# Quick ratios of the core's hot paths against their peers (DESIGN section 9).
+# Quick ratios of the core's hot paths against their peers (DESIGN section 9),
+# and of the allocators against the system calls they wrap.
 bench: build
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_allocators.py
 
 clean:
 	rm -rf build $(VENV) memmanager/*.so *.egg-info

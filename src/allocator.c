@@ -51,8 +51,6 @@
 #define MM_NOINLINE
 #endif
 
-/* What malloc guarantees: the alignment of a request that asks for none. */
-#define DEFAULT_ALIGNMENT ((size_t)16)
 
 /* ------------------------------------------------------------------ */
 /* The Allocator type                                                  */
@@ -291,18 +289,14 @@ int option_refuse_others(AllocatorObject *alloc, PyObject *options,
     return 0;
 }
 
-int allocator_parse_options(AllocatorObject *alloc, PyObject *options,
-                            Py_ssize_t num_items, Py_ssize_t item_size,
-                            int init_byte, mm_request *req)
+int allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
+                                Py_ssize_t num_items, Py_ssize_t item_size,
+                                int init_byte, mm_request *req)
 {
-    if (options == NULL && alloc->ops == &mm_vtable_ops) {
-        req->alignment = DEFAULT_ALIGNMENT;   /* all the vtable kind reads */
-        return 0;
-    }
     req->num_items = num_items;
     req->item_size = item_size;
     req->init_byte = init_byte;
-    req->alignment = DEFAULT_ALIGNMENT;
+    req->alignment = MM_DEFAULT_ALIGNMENT;
     req->hugepages = -1;
     req->populate = 0;
     req->shared = 0;

@@ -43,6 +43,9 @@
  * ("memm" in ASCII). */
 #define MEMMANAGER_TRACEMALLOC_DOMAIN 0x6d656d6du
 
+/* What malloc guarantees: the alignment of a request that asks for none. */
+#define MM_DEFAULT_ALIGNMENT ((size_t)16)
+
 /* init_byte values understood by allocator_alloc_block(). */
 #define INIT_UNINITIALISED (-1)
 
@@ -166,9 +169,23 @@ AllocatorObject *allocator_lookup(mm_state *st, PyObject *name);
 int allocator_check_options(AllocatorObject *alloc, PyObject *options);
 int allocator_refuse_options(AllocatorObject *alloc, PyObject *options,
                              mm_request *req);
-int allocator_parse_options(AllocatorObject *alloc, PyObject *options,
-                            Py_ssize_t num_items, Py_ssize_t item_size,
-                            int init_byte, mm_request *req);
+int allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
+                                Py_ssize_t num_items, Py_ssize_t item_size,
+                                int init_byte, mm_request *req);
+
+/* The request for an allocation.  Inline for the hot path: a vtable
+ * allocator (PyAlloc, CMalloc) given no options reads nothing else. */
+static inline int allocator_parse_options(AllocatorObject *alloc, PyObject *options,
+                                          Py_ssize_t num_items, Py_ssize_t item_size,
+                                          int init_byte, mm_request *req)
+{
+    if (options == NULL && alloc->ops == &mm_vtable_ops) {
+        req->alignment = MM_DEFAULT_ALIGNMENT;
+        return 0;
+    }
+    return allocator_parse_any_options(alloc, options, num_items, item_size,
+                                       init_byte, req);
+}
 int allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
                           size_t size, int init_byte, mm_block *out);
 int allocator_consume_block(AllocatorObject *alloc, PyObject *source,
