@@ -252,18 +252,11 @@ int allocator_refuse_options(AllocatorObject *alloc, PyObject *options,
     return allocator_check_options(alloc, options);
 }
 
-/* *value is the option (borrowed) or NULL when absent or None. */
-int option_get(PyObject *options, const char *key, PyObject **value)
+/* *value is the option (borrowed), or NULL when it is absent or None. */
+void option_get(PyObject *options, const char *key, PyObject **value)
 {
-    *value = NULL;
-    if (options == NULL) {
-        return 0;
-    }
-    PyObject *found = PyDict_GetItemString(options, key);
-    if (found != NULL && found != Py_None) {
-        *value = found;
-    }
-    return 0;
+    PyObject *found = options != NULL ? PyDict_GetItemString(options, key) : NULL;
+    *value = (found != NULL && found != Py_None) ? found : NULL;
 }
 
 /* TypeError naming the first option that is not in `known`. */

@@ -194,7 +194,7 @@ void allocator_free_block(AllocatorObject *alloc, mm_block *block);
 void allocator_track(AllocatorObject *alloc, mm_block *block);
 int allocator_visit_block(AllocatorObject *alloc, void *cookie,
                           visitproc visit, void *arg);
-int option_get(PyObject *options, const char *key, PyObject **value);
+void option_get(PyObject *options, const char *key, PyObject **value);
 int option_refuse_others(AllocatorObject *alloc, PyObject *options,
                          const char *const *known);
 
