@@ -95,7 +95,7 @@ int buffer_register_region(mm_state *st, BufferObject *self)
         raise_overlap(st, start, end, &other);
         return -1;
     }
-    if (self->allocator->debug) {
+    if (MM_UNLIKELY(self->allocator->debug)) {
         debug_check_registry("an insert");
     }
     return 0;
@@ -143,7 +143,7 @@ int buffer_release_memory(BufferObject *self)
     self->released = 1;
     self->data = NULL;
     region_registry_remove(&self->node);
-    if (self->allocator != NULL && self->allocator->debug) {
+    if (MM_UNLIKELY(self->allocator != NULL && self->allocator->debug)) {
         debug_check_registry("a remove");
     }
     if (self->owns_memory && data != NULL) {

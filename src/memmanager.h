@@ -43,6 +43,13 @@
  * ("memm" in ASCII). */
 #define MEMMANAGER_TRACEMALLOC_DOMAIN 0x6d656d6du
 
+/* Branch hints: MEMMANAGER_DEBUG checks stay off the hot paths' line. */
+#if defined(__GNUC__)
+#define MM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MM_UNLIKELY(x) (x)
+#endif
+
 /* What malloc guarantees: the alignment of a request that asks for none. */
 #define MM_DEFAULT_ALIGNMENT ((size_t)16)
 
