@@ -15,7 +15,9 @@
  * until free() has been called, so a handle that owns the memory (a
  * ctypes array, a bytearray) keeps it alive.
  *
- * Validation: the address must be an int (TypeError otherwise), positive
+ * Validation: malloc() returning None is a MemoryError, consume()
+ * returning None a ValueError; the address must be an int (TypeError
+ * otherwise), positive
  * and a valid pointer for the whole block (ValueError), and must not
  * overlap a live buffer (OverlapError).  A refused result is dropped
  * without calling free(): memmanager never frees an address it did not
@@ -128,6 +130,13 @@ static int call_malloc(AllocatorObject *self, const mm_request *req,
     }
     Py_XDECREF(init);
     Py_XDECREF(options);
+    if (handle == Py_None) {   /* the Perl convention for "no memory" */
+        Py_DECREF(handle);
+        PyErr_Format(PyExc_MemoryError,
+                     "plug-in allocator %U: malloc() returned None for %zu bytes",
+                     self->name, size);
+        return -1;
+    }
     return handle == NULL ? -1 : take_handle(self, handle, size, out);
 }
 
@@ -163,6 +172,12 @@ static int call_consume(AllocatorObject *self, PyObject *source, size_t size,
                                                     (Py_ssize_t)size, opts)
                             : NULL;
     Py_XDECREF(opts);
+    if (handle == Py_None) {
+        Py_DECREF(handle);
+        PyErr_Format(PyExc_ValueError,
+                     "plug-in allocator %U: consume() returned None", self->name);
+        return -1;
+    }
     return handle == NULL ? -1 : take_handle(self, handle, size, out);
 }
 

@@ -300,6 +300,27 @@ def test_malloc_exceptions_propagate(registry_unchanged):
     assert stub_calls == []
 
 
+def test_none_from_malloc_is_out_of_memory(registry_unchanged):
+    class Exhausted(Recorder):
+        def malloc(self, *args):
+            super().malloc(*args)
+            return None
+
+        def consume(self, *args):
+            super().consume(*args)
+            return None
+
+    plugin = Exhausted()
+    name = fresh_name()
+    memmanager.register_allocator(name, plugin)
+    with registry_unchanged():
+        with pytest.raises(MemoryError, match="None"):
+            Buffer(16, 1, allocator=name)
+        with pytest.raises(ValueError, match="None"):
+            Buffer.consume(b"abc", 3, 1, allocator=name)
+    assert plugin.frees == []
+
+
 def test_free_errors_go_to_unraisable():
     class FailingFree(Recorder):
         def free(self, address):
