@@ -35,10 +35,12 @@ bench: build
 	$(PY) -m pip install -q -e '.[test,bench]' --no-build-isolation
 	$(PY) -m memmanager.bench --out docs
 
-# Quick ratios of the core's hot paths against their peers (DESIGN section 9).
+# Quick ratios of the core's hot paths against their peers (DESIGN section 9),
+# and of the allocators against the system calls they wrap.
 bench-quick: build
 	$(PY) benchmarks/bench_core.py
 	cd benchmarks && ../$(PY) bench_consume.py
+	$(PY) benchmarks/bench_allocators.py
 
 # Instructions per hot-path operation under valgrind (stable on noisy machines).
 callgrind: build

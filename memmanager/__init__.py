@@ -17,6 +17,7 @@ from . import _core
 from . import _pickle
 from . import _views
 from . import cuda
+from ._plugins import register_allocator, use
 from ._core import (
     TRACEMALLOC_DOMAIN,
     Buffer,
@@ -51,9 +52,11 @@ __all__ = [
     "get_delayed_gc_objects",
     "get_include",
     "live_buffers",
+    "register_allocator",
     "register_view",
     "report",
     "stats",
+    "use",
     "view_kinds",
 ]
 
@@ -76,21 +79,22 @@ def live_buffers() -> _List[LiveBuffer]:
 def report() -> str:
     """live_buffers() and stats() as a human-readable table (a str)."""
     rows = live_buffers()
-    lines = ["%-18s %-10s %-18s %12s %7s %6s" % (
-        "identifier", "allocator", "address", "nbytes", "exports", "pinned")]
+    counters = stats()
+    width = max([9] + [len(row.allocator) for row in rows] + [len(name) for name in counters])
+    lines = ["%-18s %-*s %-18s %12s %7s %6s" % (
+        "identifier", width, "allocator", "address", "nbytes", "exports", "pinned")]
     for row in rows:
-        lines.append("0x%-16x %-10s 0x%-16x %12d %7d %6s" % (
-            row.identifier, row.allocator, row.address, row.nbytes,
+        lines.append("0x%-16x %-*s 0x%-16x %12d %7d %6s" % (
+            row.identifier, width, row.allocator, row.address, row.nbytes,
             row.exports, "yes" if row.pinned else "no"))
     lines.append("")
-    lines.append("%-10s %12s %14s %14s %12s %16s" % (
-        "allocator", "live_buffers", "live_bytes", "peak_bytes",
+    lines.append("%-*s %12s %14s %14s %12s %16s" % (
+        width, "allocator", "live_buffers", "live_bytes", "peak_bytes",
         "allocations", "allocated_bytes"))
-    counters = stats()
     for name in sorted(counters, key=lambda n: (n == "total", n)):
         c = counters[name]
-        lines.append("%-10s %12d %14d %14d %12d %16d" % (
-            name, c["live_buffers"], c["live_bytes"], c["peak_bytes"],
+        lines.append("%-*s %12d %14d %14d %12d %16d" % (
+            width, name, c["live_buffers"], c["live_bytes"], c["peak_bytes"],
             c["allocations"], c["allocated_bytes"]))
     return "\n".join(lines)
 

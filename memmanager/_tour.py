@@ -8,9 +8,10 @@ in one namespace, so the names of one example carry over to the next, as in
 the Perl documentation, where "the examples are best run sequentially in a
 single Perl script").
 
-Only the allocators PyAlloc (the default) and CMalloc are used, plus
-Borrowed in Example 6.  After the six examples comes the example of
-Task::MemManager::View::PDL, with NumPy.  Everything the tour pins or keeps alive is released
+The examples use the allocators PyAlloc (the default) and CMalloc, plus
+Borrowed in Example 6; after them come the example of
+Task::MemManager::View::PDL, with NumPy, and a section showing the other
+built-in allocators and a plug-in (memmanager/_tour_allocators.py).  Everything the tour pins or keeps alive is released
 before it ends.
 """
 
@@ -18,6 +19,8 @@ import ast
 import importlib.util
 import sys
 import textwrap
+
+from memmanager._tour_allocators import allocators
 
 WIDTH = 76
 INDENT = "    "
@@ -518,7 +521,7 @@ def statistics(tour):
 
 
 SECTIONS = (introduction, example1, example2, example3, example4, example5,
-            example6, views, statistics)
+            example6, views, allocators, statistics)
 
 
 def main():

@@ -1,19 +1,35 @@
 /*
- * allocator.c -- the Allocator object: one MemManagerAllocator vtable
- * behind a registered name, and the two operations every buffer goes
- * through, allocator_alloc_block() and allocator_free_block().
+ * allocator.c -- the Allocator object: one allocator *kind* (an
+ * mm_allocator_ops) behind a registered name, and the operations every
+ * buffer goes through: allocator_parse_options(), allocator_alloc_block(),
+ * allocator_consume_block() and allocator_free_block().
  *
- * What lives here and not in the vtables:
- *   - the init byte: zero goes through calloc (lazy zero pages for large
- *     blocks, never a second pass), any other byte through malloc+memset;
+ * The public MemManagerAllocator vtable (memmanager/allocator.h) has no
+ * room for per-buffer options or state, so inside the extension a kind
+ * sits in front of it:
+ *
+ *   kind        parse_options          per-block cookie
+ *   ----------  ---------------------  ------------------------------
+ *   vtable      none (TypeError)       none     PyAlloc, CMalloc, capsules
+ *   Aligned     alignment=             mmapped or not
+ *   Mmap        hugepages, populate,   none
+ *               shared
+ *   SharedMem.  name=                  the name to unlink, the creator
+ *   Python      anything (passed on)   the plug-in's handle
+ *
+ * What lives here and not in the kinds:
+ *   - the init byte: zero asks the kind for zeroed memory (lazy zero pages
+ *     for large blocks, never a second pass), any other byte is a memset;
  *   - releasing the GIL around large frees by thread-safe allocators and
  *     around large memsets (the block is not shared with anybody yet);
  *   - transparent huge pages for large non-zeroed heap blocks;
+ *   - MEMMANAGER_DEBUG guard bytes around the blocks of guarded allocators
+ *     (allocator_debug.c writes and checks them);
+ *   - device allocators (cuda_allocators.c): their `prepare` hook runs
+ *     before allocation (it loads the driver) and their `fill` hook sets
+ *     the init byte of memory the host cannot touch;
  *   - tracemalloc reporting under MEMMANAGER_TRACEMALLOC_DOMAIN for every
  *     allocator that does not use PyMem_* (which Python traces itself).
- *   - device allocators (cuda_allocators.c): their `prepare` hook runs
- *     before each allocation, and memory the host cannot touch is filled
- *     by their `fill` hook instead of memset.
  *
  * Each buffer holds a strong reference to its AllocatorObject, so it frees
  * through the allocator that made it even after the name is re-registered.
@@ -21,8 +37,6 @@
 #include "memmanager.h"
 
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 /* Above this size the GIL is released around a fill and a free (a munmap
  * of touched pages); allocation itself is at most one quick mmap. */
@@ -33,24 +47,58 @@
  * which is most of the cost of touching a fresh 64 MiB block. */
 #define HUGEPAGE_THRESHOLD ((size_t)4 << 20)
 
+/* Keeps the rare paths out of the hot functions' instruction stream. */
+#if defined(__GNUC__)
+#define MM_NOINLINE __attribute__((noinline))
+#else
+#define MM_NOINLINE
+#endif
+
+
 /* ------------------------------------------------------------------ */
 /* The Allocator type                                                  */
 /* ------------------------------------------------------------------ */
+
+static int allocator_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    AllocatorObject *self = (AllocatorObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->keeper);
+    Py_VISIT(self->plugin_methods);
+    return 0;
+}
+
+/* Buffers still holding this allocator after a clear leak their memory
+ * rather than call a plug-in that is gone (allocator_python.c checks). */
+static int allocator_clear(PyObject *op)
+{
+    AllocatorObject *self = (AllocatorObject *)op;
+    Py_CLEAR(self->plugin_methods);
+    return 0;
+}
 
 static void allocator_dealloc(PyObject *op)
 {
     AllocatorObject *self = (AllocatorObject *)op;
     PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
     Py_CLEAR(self->name);
     Py_CLEAR(self->keeper);
+    Py_CLEAR(self->plugin_methods);
     tp->tp_free(op);
     Py_DECREF(tp);
 }
 
 static PyObject *allocator_repr(PyObject *op)
 {
-    return PyUnicode_FromFormat("<memmanager allocator %R>",
-                                ((AllocatorObject *)op)->name);
+    AllocatorObject *self = (AllocatorObject *)op;
+    return PyUnicode_FromFormat("<memmanager allocator %R (%s)>",
+                                self->name, self->ops->kind);
+}
+
+static PyObject *allocator_get_kind(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(((AllocatorObject *)op)->ops->kind);
 }
 
 static PyMemberDef allocator_members[] = {
@@ -59,11 +107,21 @@ static PyMemberDef allocator_members[] = {
     {NULL},
 };
 
+static PyGetSetDef allocator_getset[] = {
+    {"kind", allocator_get_kind, NULL,
+     "What the allocator is: 'vtable', 'Aligned', 'Mmap', 'SharedMemory' "
+     "or 'python'.", NULL},
+    {NULL},
+};
+
 static PyType_Slot allocator_slots[] = {
     {Py_tp_doc, "An allocator registered with memmanager (internal)."},
     {Py_tp_dealloc, allocator_dealloc},
+    {Py_tp_traverse, allocator_traverse},
+    {Py_tp_clear, allocator_clear},
     {Py_tp_repr, allocator_repr},
     {Py_tp_members, allocator_members},
+    {Py_tp_getset, allocator_getset},
     {0, NULL},
 };
 
@@ -71,55 +129,81 @@ PyType_Spec allocator_type_spec = {
     .name = "memmanager._core.Allocator",
     .basicsize = sizeof(AllocatorObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE |
-             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+             Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC,
     .slots = allocator_slots,
 };
 
-PyObject *allocator_new(mm_state *st, const char *name,
-                        const MemManagerAllocator *vtable, PyObject *keeper)
+/* A new allocator of the given kind; the flags are the caller's to set
+ * (all off, except debug and needs_gil for the Python kind). */
+AllocatorObject *allocator_new(mm_state *st, const char *name,
+                               const mm_allocator_ops *ops,
+                               const MemManagerAllocator *vtable,
+                               PyObject *keeper)
 {
     int slot = region_registry_stats_slot(name);
     if (slot < 0) {
         PyErr_SetString(PyExc_RuntimeError, "too many allocators registered");
         return NULL;
     }
-    AllocatorObject *self = PyObject_New(AllocatorObject, st->allocator_type);
+    AllocatorObject *self = PyObject_GC_New(AllocatorObject, st->allocator_type);
     if (self == NULL) {
         return NULL;
     }
+    self->name = NULL;
+    self->ops = ops;
     self->vtable = vtable;
     self->keeper = Py_XNewRef(keeper);
+    self->plugin_methods = NULL;
     self->stats_slot = slot;
-    self->uses_pymem = (vtable == &mm_pyalloc_vtable);
-    self->consume_only = (vtable == &mm_borrowed_vtable);
-    self->advise_hugepages = (vtable == &mm_pyalloc_vtable ||
-                              vtable == &mm_cmalloc_vtable);
+    self->uses_pymem = 0;
+    self->needs_gil = (ops == &mm_python_ops);
+    self->consume_only = 0;
+    self->advise_hugepages = 0;
+    self->fills_itself = (ops == &mm_python_ops);
+    self->guarded = 0;
+    self->debug = (unsigned char)st->debug;
+    self->is_plugin = 0;
     self->device_hooks = NULL;
     self->memory_kind = MM_MEMORY_HOST;
+    PyObject_GC_Track((PyObject *)self);
     self->name = PyUnicode_FromString(name);
     if (self->name == NULL) {
         Py_DECREF(self);
         return NULL;
     }
-    return (PyObject *)self;
+    return self;
 }
 
-static int register_builtin(mm_state *st, const MemManagerAllocator *vtable)
+static int register_builtin(mm_state *st, const char *name,
+                            const mm_allocator_ops *ops,
+                            const MemManagerAllocator *vtable)
 {
-    PyObject *alloc = allocator_new(st, vtable->name, vtable, NULL);
+    AllocatorObject *alloc = allocator_new(st, name, ops, vtable, NULL);
     if (alloc == NULL) {
         return -1;
     }
-    int rc = PyDict_SetItemString(st->allocators, vtable->name, alloc);
+    alloc->uses_pymem = (vtable == &mm_pyalloc_vtable);
+    alloc->needs_gil = alloc->uses_pymem;
+    alloc->consume_only = (vtable == &mm_borrowed_vtable);
+    /* Guard bytes and huge pages: only on memory that is ours alone. */
+    alloc->advise_hugepages = (vtable == &mm_pyalloc_vtable ||
+                               vtable == &mm_cmalloc_vtable ||
+                               ops == &mm_aligned_ops || ops == &mm_shm_ops);
+    alloc->guarded = st->debug && (vtable == &mm_cmalloc_vtable ||
+                                   ops == &mm_aligned_ops || ops == &mm_mmap_ops);
+    int rc = PyDict_SetItemString(st->allocators, name, (PyObject *)alloc);
     Py_DECREF(alloc);
     return rc;
 }
 
 int allocator_register_builtins(mm_state *st)
 {
-    if (register_builtin(st, &mm_pyalloc_vtable) < 0 ||
-        register_builtin(st, &mm_cmalloc_vtable) < 0 ||
-        register_builtin(st, &mm_borrowed_vtable) < 0 ||
+    if (register_builtin(st, "PyAlloc", &mm_vtable_ops, &mm_pyalloc_vtable) < 0 ||
+        register_builtin(st, "CMalloc", &mm_vtable_ops, &mm_cmalloc_vtable) < 0 ||
+        register_builtin(st, "Borrowed", &mm_vtable_ops, &mm_borrowed_vtable) < 0 ||
+        register_builtin(st, "Aligned", &mm_aligned_ops, NULL) < 0 ||
+        register_builtin(st, "Mmap", &mm_mmap_ops, NULL) < 0 ||
+        register_builtin(st, "SharedMemory", &mm_shm_ops, NULL) < 0 ||
         cuda_register_allocators(st) < 0) {
         return -1;
     }
@@ -151,6 +235,11 @@ AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
     return (AllocatorObject *)alloc;  /* borrowed */
 }
 
+/* ------------------------------------------------------------------ */
+/* Options                                                             */
+/* ------------------------------------------------------------------ */
+
+/* Refuses any option: for consume() and for kinds that take none. */
 int allocator_check_options(AllocatorObject *alloc, PyObject *options)
 {
     if (options == NULL || PyDict_GET_SIZE(options) == 0) {
@@ -164,42 +253,81 @@ int allocator_check_options(AllocatorObject *alloc, PyObject *options)
     return -1;
 }
 
+int allocator_refuse_options(AllocatorObject *alloc, PyObject *options,
+                             mm_request *Py_UNUSED(req))
+{
+    return allocator_check_options(alloc, options);
+}
+
+/* *value is the option (borrowed), or NULL when it is absent or None. */
+void option_get(PyObject *options, const char *key, PyObject **value)
+{
+    PyObject *found = options != NULL ? PyDict_GetItemString(options, key) : NULL;
+    *value = (found != NULL && found != Py_None) ? found : NULL;
+}
+
+/* TypeError naming the first option that is not in `known`. */
+int option_refuse_others(AllocatorObject *alloc, PyObject *options,
+                         const char *const *known)
+{
+    PyObject *key;
+    Py_ssize_t pos = 0;
+    if (options == NULL) {
+        return 0;
+    }
+    while (PyDict_Next(options, &pos, &key, NULL)) {
+        int found = 0;
+        for (const char *const *k = known; *k != NULL && !found; k++) {
+            found = PyUnicode_CompareWithASCIIString(key, *k) == 0;
+        }
+        if (!found) {
+            PyErr_Format(PyExc_TypeError,
+                         "allocator %U takes no option %R", alloc->name, key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
+                                Py_ssize_t num_items, Py_ssize_t item_size,
+                                int init_byte, mm_request *req)
+{
+    req->num_items = num_items;
+    req->item_size = item_size;
+    req->init_byte = init_byte;
+    req->alignment = MM_DEFAULT_ALIGNMENT;
+    req->hugepages = -1;
+    req->populate = 0;
+    req->shared = 0;
+    req->shm_name = NULL;
+    req->options = NULL;
+    if (options != NULL && PyDict_GET_SIZE(options) == 0) {
+        options = NULL;
+    }
+    return alloc->ops->parse_options(alloc, options, req);
+}
+
 /* ------------------------------------------------------------------ */
 /* Blocks                                                              */
 /* ------------------------------------------------------------------ */
 
+static int is_traced(AllocatorObject *alloc)
+{
+    return !alloc->uses_pymem && !alloc->consume_only;
+}
+
 void allocator_track(AllocatorObject *alloc, mm_block *block)
 {
-    if (!alloc->uses_pymem && !alloc->consume_only) {
+    if (is_traced(alloc)) {
         /* -2 means tracemalloc is not tracing: nothing to do. */
         (void)PyTraceMalloc_Track(MEMMANAGER_TRACEMALLOC_DOMAIN,
                                   (uintptr_t)block->address, block->size);
     }
 }
 
-/* madvise only the whole pages inside the block, which belong to it alone. */
-static void advise_hugepages(void *ptr, size_t size)
-{
-#ifdef MADV_HUGEPAGE
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t first = ((uintptr_t)ptr + page - 1) & ~(page - 1);
-    uintptr_t last = ((uintptr_t)ptr + size) & ~(page - 1);
-    if (last > first) {
-        (void)madvise((void *)first, last - first, MADV_HUGEPAGE);
-    }
-#else
-    (void)ptr;
-    (void)size;
-#endif
-}
-
-static void *call_allocate(const MemManagerAllocator *vt, size_t size, int zero)
-{
-    return zero ? vt->calloc(vt->ctx, size, 1) : vt->malloc(vt->ctx, size);
-}
-
 /* Sets every byte of a fresh block; 0 or -1 with an exception. */
-static int fill_block(AllocatorObject *alloc, void *ptr, int init_byte, size_t size)
+static int fill_block(AllocatorObject *alloc, char *ptr, int init_byte, size_t size)
 {
     if (alloc->memory_kind == MM_MEMORY_CUDA_DEVICE) {
         return alloc->device_hooks->fill(alloc, ptr, init_byte, size);
@@ -215,12 +343,36 @@ static int fill_block(AllocatorObject *alloc, void *ptr, int init_byte, size_t s
     return 0;
 }
 
-int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
-                          mm_block *out)
+/* The front guard and the total size of a guarded block; -1 on overflow. */
+static int guard_sizes(AllocatorObject *alloc, const mm_request *req,
+                       size_t size, size_t *front, size_t *total)
 {
-    const MemManagerAllocator *vt = alloc->vtable;
+    *front = debug_guard_front(req->alignment);
+    size_t back = DEBUG_GUARD_BACK;
+    if (size > SIZE_MAX - *front - back) {
+        PyErr_Format(PyExc_MemoryError,
+                     "Allocator %U could not allocate %zu bytes", alloc->name, size);
+        return -1;
+    }
+    *total = size + *front + back;
+    return 0;
+}
+
+static int raise_no_memory(AllocatorObject *alloc, size_t size)
+{
+    PyErr_Format(PyExc_MemoryError, "Allocator %U could not allocate %zu bytes",
+                 alloc->name, size);
+    return -1;
+}
+
+/* Any kind, guard bytes included. */
+static MM_NOINLINE int alloc_block_general(AllocatorObject *alloc,
+                                           const mm_request *req, size_t size,
+                                           int init_byte, mm_block *out)
+{
+    size_t front = 0, total = size;
+    mm_raw raw;
     int zero = (init_byte == 0);
-    void *ptr;
 
     if (alloc->consume_only) {
         PyErr_Format(PyExc_ValueError,
@@ -228,43 +380,151 @@ int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
                      alloc->name);
         return -1;
     }
-    if (alloc->device_hooks != NULL && alloc->device_hooks->prepare(alloc) < 0) {
+    if ((alloc->device_hooks != NULL && alloc->device_hooks->prepare(alloc) < 0) ||
+        (alloc->guarded && guard_sizes(alloc, req, size, &front, &total) < 0) ||
+        alloc->ops->allocate(alloc, req, total, zero, &raw) < 0) {
         return -1;
     }
-    ptr = call_allocate(vt, size, zero);   /* an mmap at most: quick */
-    if (ptr == NULL) {
-        PyErr_Format(PyExc_MemoryError, "Allocator %U could not allocate %zu bytes",
-                     alloc->name, size);
-        return -1;
+    char *ptr = raw.base + front;
+    if (!alloc->fills_itself) {
+        /* Zeroed blocks are left to the kernel's lazy zero pages, untouched. */
+        if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
+            mm_advise_hugepages(ptr, size);
+        }
+        if (init_byte > 0 && fill_block(alloc, ptr, init_byte, size) < 0) {
+            alloc->ops->release(alloc, raw.base, total, raw.cookie);
+            return -1;
+        }
     }
-    /* Zeroed blocks are left to the kernel's lazy zero pages, untouched. */
-    if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
-        advise_hugepages(ptr, size);
-    }
-    if (init_byte > 0 && fill_block(alloc, ptr, init_byte, size) < 0) {
-        vt->free(vt->ctx, ptr, size);
-        return -1;
+    if (alloc->guarded) {
+        debug_write_guards(raw.base, front, size);
     }
     out->address = ptr;
     out->size = size;
+    out->cookie = raw.cookie;
+    out->guard = front;
     allocator_track(alloc, out);
     return 0;
 }
 
-void allocator_free_block(AllocatorObject *alloc, mm_block *block)
+/* The hot path is an unguarded vtable allocator (PyAlloc, CMalloc): its
+ * functions are called directly, as small buffers cannot afford more. */
+int allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
+                          size_t size, int init_byte, mm_block *out)
 {
-    const MemManagerAllocator *vt = alloc->vtable;
-    if (!alloc->uses_pymem && !alloc->consume_only) {
-        (void)PyTraceMalloc_Untrack(MEMMANAGER_TRACEMALLOC_DOMAIN,
-                                    (uintptr_t)block->address);
+    if (alloc->ops != &mm_vtable_ops || alloc->guarded || alloc->consume_only ||
+        alloc->device_hooks != NULL) {
+        return alloc_block_general(alloc, req, size, init_byte, out);
     }
-    if (block->size >= RELEASE_GIL_THRESHOLD && !alloc->uses_pymem) {
+    const MemManagerAllocator *vt = alloc->vtable;
+    int zero = (init_byte == 0);
+    char *ptr = zero ? vt->calloc(vt->ctx, size, 1) : vt->malloc(vt->ctx, size);
+    if (ptr == NULL) {
+        return raise_no_memory(alloc, size);
+    }
+    if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
+        mm_advise_hugepages(ptr, size);
+    }
+    if (init_byte > 0) {
+        fill_block(alloc, ptr, init_byte, size);   /* host memory: cannot fail */
+    }
+    out->address = ptr;
+    out->size = size;
+    out->cookie = NULL;
+    out->guard = 0;
+    allocator_track(alloc, out);
+    return 0;
+}
+
+int allocator_consume_block(AllocatorObject *alloc, PyObject *source,
+                            size_t size, PyObject *options, mm_block *out)
+{
+    mm_raw raw = {NULL, NULL};
+    if (alloc->ops->consume == NULL) {
+        PyErr_Format(PyExc_TypeError, "Allocator %U cannot consume", alloc->name);
+        return -1;
+    }
+    if (alloc->ops->consume(alloc, source, size, options, &raw) < 0) {
+        return -1;
+    }
+    out->address = raw.base;
+    out->size = size;
+    out->cookie = raw.cookie;
+    out->guard = 0;
+    allocator_track(alloc, out);
+    return 0;
+}
+
+static MM_NOINLINE void free_block_general(AllocatorObject *alloc, mm_block *block)
+{
+    size_t total = block->size;
+    if (block->guard > 0) {
+        debug_check_guards(alloc, block);
+        total += block->guard + DEBUG_GUARD_BACK;
+    }
+    char *base = block->address - block->guard;
+    if (total >= RELEASE_GIL_THRESHOLD && !alloc->needs_gil) {
         Py_BEGIN_ALLOW_THREADS
-        vt->free(vt->ctx, block->address, block->size);
+        alloc->ops->release(alloc, base, total, block->cookie);
         Py_END_ALLOW_THREADS
     }
     else {
-        vt->free(vt->ctx, block->address, block->size);
+        alloc->ops->release(alloc, base, total, block->cookie);
     }
-    block->address = NULL;
 }
+
+void allocator_free_block(AllocatorObject *alloc, mm_block *block)
+{
+    if (is_traced(alloc)) {
+        (void)PyTraceMalloc_Untrack(MEMMANAGER_TRACEMALLOC_DOMAIN,
+                                    (uintptr_t)block->address);
+    }
+    if (block->guard == 0 && alloc->ops == &mm_vtable_ops &&
+        block->size < RELEASE_GIL_THRESHOLD) {   /* the hot path, direct */
+        alloc->vtable->free(alloc->vtable->ctx, block->address, block->size);
+        return;
+    }
+    free_block_general(alloc, block);
+}
+
+int allocator_visit_block(AllocatorObject *alloc, void *cookie,
+                          visitproc visit, void *arg)
+{
+    if (cookie == NULL || alloc == NULL || alloc->ops->visit_cookie == NULL) {
+        return 0;
+    }
+    return alloc->ops->visit_cookie(cookie, visit, arg);
+}
+
+/* ------------------------------------------------------------------ */
+/* The vtable kind: PyAlloc, CMalloc, Borrowed and C capsules          */
+/* ------------------------------------------------------------------ */
+
+static int vtable_allocate(AllocatorObject *self, const mm_request *Py_UNUSED(req),
+                           size_t size, int zero, mm_raw *out)
+{
+    const MemManagerAllocator *vt = self->vtable;
+    void *ptr = zero ? vt->calloc(vt->ctx, size, 1) : vt->malloc(vt->ctx, size);
+    if (ptr == NULL) {
+        PyErr_Format(PyExc_MemoryError, "Allocator %U could not allocate %zu bytes",
+                     self->name, size);
+        return -1;
+    }
+    out->base = ptr;
+    out->cookie = NULL;
+    return 0;
+}
+
+static void vtable_release(AllocatorObject *self, char *base, size_t size,
+                           void *Py_UNUSED(cookie))
+{
+    const MemManagerAllocator *vt = self->vtable;
+    vt->free(vt->ctx, base, size);
+}
+
+const mm_allocator_ops mm_vtable_ops = {
+    .kind = "vtable",
+    .parse_options = allocator_refuse_options,
+    .allocate = vtable_allocate,
+    .release = vtable_release,
+};

@@ -113,7 +113,25 @@ int buffer_register_region(mm_state *st, BufferObject *self)
         raise_overlap(st, start, end, &other);
         return -1;
     }
+    if (MM_UNLIKELY(self->allocator->debug)) {
+        debug_check_registry("an insert");
+    }
     return 0;
+}
+
+/* The buffer owns block from here on and frees it through alloc. */
+void buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
+                        const mm_block *block)
+{
+    self->data = block->address;
+    self->block_cookie = block->cookie;
+    self->block_guard = block->guard;
+    self->owns_memory = 1;
+    self->released = 0;
+    self->host_inaccessible = (alloc->memory_kind == MM_MEMORY_CUDA_DEVICE);
+    if (self->allocator == NULL) {
+        self->allocator = (AllocatorObject *)Py_NewRef(alloc);
+    }
 }
 
 int buffer_finish_construction(mm_state *st, BufferObject *self,
@@ -147,8 +165,13 @@ int buffer_release_memory(BufferObject *self)
         device_state_free(self);   /* the device copies go first */
     }
     region_registry_remove(&self->node);
+    if (MM_UNLIKELY(self->allocator != NULL && self->allocator->debug)) {
+        debug_check_registry("a remove");
+    }
     if (self->owns_memory && data != NULL) {
-        mm_block block = {data, (size_t)self->nbytes};
+        mm_block block = {data, (size_t)self->nbytes, self->block_cookie,
+                          self->block_guard};
+        self->block_cookie = NULL;
         allocator_free_block(self->allocator, &block);
     }
     if (self->holds_source_view) {
@@ -210,6 +233,12 @@ static int buffer_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->death_stub);
     Py_VISIT(self->allocator);
     Py_VISIT(self->source);
+    if (self->block_cookie != NULL) {
+        int rc = allocator_visit_block(self->allocator, self->block_cookie, visit, arg);
+        if (rc != 0) {
+            return rc;
+        }
+    }
     if (self->holds_source_view) {
         Py_VISIT(self->source_view.obj);
     }
@@ -249,25 +278,13 @@ static void buffer_dealloc(PyObject *op)
 /* Construction                                                        */
 /* ------------------------------------------------------------------ */
 
-static int allocate_memory(BufferObject *self, AllocatorObject *alloc,
-                           int init_byte)
-{
-    mm_block block;
-    if (allocator_alloc_block(alloc, (size_t)self->nbytes, init_byte, &block) < 0) {
-        return -1;
-    }
-    self->data = block.address;
-    self->allocator = (AllocatorObject *)Py_NewRef(alloc);
-    self->owns_memory = 1;
-    self->host_inaccessible = (alloc->memory_kind == MM_MEMORY_CUDA_DEVICE);
-    return 0;
-}
-
 PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames)
 {
     buffer_args a = {0};
     BufferObject *self = NULL;
+    mm_request req;
+    mm_block block;
     int init_byte, delayed_gc;
     mm_state *st = mm_state_from_type(type);
     if (st == NULL) {
@@ -284,8 +301,9 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
         goto error;
     }
     AllocatorObject *alloc = allocator_lookup(st, a.allocator);
-    if (alloc == NULL || allocator_check_options(alloc, a.extra) < 0 ||
-        parse_init_value(a.init_value, &init_byte) < 0 ||
+    if (alloc == NULL || parse_init_value(a.init_value, &init_byte) < 0 ||
+        allocator_parse_options(alloc, a.extra, a.num_items, a.item_size,
+                                init_byte, &req) < 0 ||
         (delayed_gc = parse_flag(a.delayed_gc, 0)) < 0) {
         goto error;
     }
@@ -296,8 +314,16 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
     self->num_items = a.num_items;
     self->item_size = a.item_size;
     self->nbytes = a.num_items * a.item_size;
-    if (allocate_memory(self, alloc, init_byte) < 0 ||
-        buffer_register_region(st, self) < 0 ||
+    /* Until its memory is there the buffer reads as released, in case an
+     * allocator's Python code finds it (gc.get_objects()); it holds the
+     * allocator, in case that code replaces it in the registry. */
+    self->allocator = (AllocatorObject *)Py_NewRef(alloc);
+    self->released = 1;
+    if (allocator_alloc_block(alloc, &req, (size_t)self->nbytes, init_byte, &block) < 0) {
+        goto error;
+    }
+    buffer_adopt_block(self, alloc, &block);
+    if (buffer_register_region(st, self) < 0 ||
         buffer_finish_construction(st, self, a.death_stub, delayed_gc) < 0) {
         goto error;
     }
@@ -545,6 +571,8 @@ static PyGetSetDef buffer_getset[] = {
     {"delayed_gc", get_delayed_gc, NULL, "True while the buffer is pinned.", NULL},
     {"released", get_released, NULL, "True once the memory has been freed.", NULL},
     {"exports", get_exports, NULL, "Number of live buffer-protocol exports.", NULL},
+    {"name", buffer_get_name, NULL,
+     "The shared memory name (SharedMemory buffers); None for the others.", NULL},
     {NULL},
 };
 
@@ -616,6 +644,11 @@ PyMethodDef buffer_class_methods[] = {
      "allocator=None, delayed_gc=True, death_stub=None, copy=False, "
      "**allocator_options)\n--\n\n"
      "Adopt memory that exists already (see the ownership guide)."},
+    {"attach", (PyCFunction)(void (*)(void))buffer_attach,
+     METH_FASTCALL | METH_KEYWORDS,
+     "attach($cls, name, num_items, item_size, *, readonly=False)\n--\n\n"
+     "Map the shared memory called name (made by a SharedMemory buffer,\n"
+     "here or in another process).  FileNotFoundError when it does not exist."},
     {NULL},
 };
 

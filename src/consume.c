@@ -128,7 +128,8 @@ static int check_address_options(AllocatorObject *alloc, buffer_args *a, int cop
                      "owner= is only for allocator='Borrowed', not %R", alloc->name);
         return -1;
     }
-    if (!alloc->consume_only && (alloc->uses_pymem || alloc->vtable->realloc == NULL)) {
+    if (!alloc->consume_only && (alloc->uses_pymem || alloc->vtable == NULL ||
+                                 alloc->vtable->realloc == NULL)) {
         PyErr_Format(PyExc_TypeError,
                      "Allocator %U cannot adopt an address: use 'CMalloc' for "
                      "memory from malloc or 'Borrowed' for memory owned elsewhere",
@@ -155,9 +156,8 @@ static int take_address(BufferObject *self, AllocatorObject *alloc,
         PyErr_NoMemory();   /* the caller's block is untouched */
         return -1;
     }
-    self->data = moved;
-    self->owns_memory = 1;
-    mm_block block = {moved, (size_t)self->nbytes};
+    mm_block block = {moved, (size_t)self->nbytes, NULL, 0};
+    buffer_adopt_block(self, alloc, &block);
     allocator_track(alloc, &block);
     return 0;
 }
@@ -270,16 +270,18 @@ static int check_buffer_options(mm_state *st, AllocatorObject *alloc, buffer_arg
 
 static int fill_copy(BufferObject *self, AllocatorObject *alloc, Py_buffer *view)
 {
+    mm_request req;
     mm_block block;
-    if (allocator_alloc_block(alloc, (size_t)self->nbytes, INIT_UNINITIALISED,
+    if (allocator_parse_options(alloc, NULL, self->num_items, self->item_size,
+                                INIT_UNINITIALISED, &req) < 0 ||
+        allocator_alloc_block(alloc, &req, (size_t)self->nbytes, INIT_UNINITIALISED,
                               &block) < 0) {
         return -1;
     }
     Py_ssize_t copied = view->len < self->nbytes ? view->len : self->nbytes;
     memcpy(block.address, view->buf, (size_t)copied);
     memset(block.address + copied, 0, (size_t)(self->nbytes - copied));
-    self->data = block.address;
-    self->owns_memory = 1;
+    buffer_adopt_block(self, alloc, &block);
     return 0;
 }
 
@@ -340,6 +342,67 @@ error:
 }
 
 /* ------------------------------------------------------------------ */
+/* Adopting through a plug-in that has consume()                       */
+/* ------------------------------------------------------------------ */
+
+/* The source goes to the plug-in as it is; the plug-in's handle and
+ * address are validated by allocator_consume_block. */
+static PyObject *consume_with_plugin(mm_state *st, PyTypeObject *cls,
+                                     PyObject *source, buffer_args *a,
+                                     AllocatorObject *alloc, int copy, int delayed_gc)
+{
+    mm_block block;
+    region_info other;
+    size_t nbytes = (size_t)(a->num_items * a->item_size);
+    int readonly = parse_flag(a->readonly == Py_None ? NULL : a->readonly, 0);
+    if (readonly < 0) {
+        return NULL;
+    }
+    if (copy || a->owner != NULL) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s is not for allocator %R: its plug-in adopts the source",
+                     copy ? "copy=True" : "owner=", alloc->name);
+        return NULL;
+    }
+    /* An address that is already managed is refused before the plug-in
+     * sees it, as for CMalloc. */
+    if (PyLong_Check(source) && !PyBool_Check(source) && _PyLong_Sign(source) > 0) {
+        uintptr_t start = (uintptr_t)PyLong_AsVoidPtr(source);
+        if (start == 0 && PyErr_Occurred()) {
+            PyErr_Clear();
+        }
+        else if (start <= UINTPTR_MAX - nbytes &&
+                 region_registry_find_overlap(start, start + nbytes, &other)) {
+            raise_overlap(st, start, start + nbytes, &other);
+            return NULL;
+        }
+    }
+    Py_INCREF(alloc);
+    if (allocator_consume_block(alloc, source, nbytes, a->extra, &block) < 0) {
+        Py_DECREF(alloc);
+        return NULL;
+    }
+    BufferObject *self = buffer_alloc_object(cls);
+    if (self == NULL) {
+        allocator_free_block(alloc, &block);
+        Py_DECREF(alloc);
+        return NULL;
+    }
+    self->num_items = a->num_items;
+    self->item_size = a->item_size;
+    self->nbytes = (Py_ssize_t)nbytes;
+    self->readonly = (unsigned char)readonly;
+    buffer_adopt_block(self, alloc, &block);
+    Py_DECREF(alloc);
+    if (buffer_register_region(st, self) < 0 ||
+        buffer_finish_construction(st, self, a->death_stub, delayed_gc) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* ------------------------------------------------------------------ */
 /* Entry point                                                         */
 /* ------------------------------------------------------------------ */
 
@@ -380,6 +443,17 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
         PyErr_SetString(PyExc_TypeError,
                         "consume() takes no init_value: adopted memory keeps its contents");
         goto done;
+    }
+    if (a.allocator != NULL && a.allocator != Py_None) {
+        AllocatorObject *named = allocator_lookup(st, a.allocator);
+        if (named == NULL) {
+            goto done;
+        }
+        if (named->ops->consume != NULL) {
+            result = consume_with_plugin(st, (PyTypeObject *)cls, source, &a,
+                                         named, copy, delayed_gc);
+            goto done;
+        }
     }
     int kind = recognise_address(st, source, &src);
     if (kind < 0) {

@@ -199,8 +199,8 @@ static const mm_device_hooks cuda_hooks = {
 static int register_one(mm_state *st, mm_cuda_driver *d, int which, int memory_kind)
 {
     const MemManagerAllocator *vtable = &d->vtables[which];
-    AllocatorObject *alloc = (AllocatorObject *)allocator_new(
-        st, vtable->name, vtable, st->cuda_driver);
+    AllocatorObject *alloc = allocator_new(st, vtable->name, &mm_vtable_ops,
+                                           vtable, st->cuda_driver);
     if (alloc == NULL) {
         return -1;
     }

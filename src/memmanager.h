@@ -12,9 +12,16 @@
  *                      the options mapping)
  *   buffer_access.c    buffer protocol, region(), extract_buffer_region(),
  *                      item and slice access
- *   allocator.c        the Allocator object: one C vtable behind a name,
- *                      block allocation with init bytes, tracemalloc
- *   builtin_allocators.c  the PyAlloc and CMalloc vtables
+ *   allocator.c        the Allocator object: one allocator kind behind a
+ *                      name; block allocation with init bytes, guard
+ *                      bytes, huge pages, tracemalloc; the vtable kind
+ *   builtin_allocators.c  the PyAlloc, CMalloc and Borrowed vtables
+ *   allocator_aligned.c   the Aligned kind (posix_memalign, alignment=)
+ *   allocator_mmap.c   the Mmap kind and the page-mapping helpers
+ *   allocator_shm.c    the SharedMemory kind, Buffer.attach, buf.name
+ *   allocator_python.c the kind behind Python plug-ins (validated calls)
+ *   allocator_plugin.c register_allocator: C capsules and Python objects
+ *   allocator_debug.c  MEMMANAGER_DEBUG: guard bytes, registry checks
  *   region_registry.c  the process-wide live-region registry and stats
  *   delayed_gc.c       pinning (delayed GC), collect_delayed, exit release
  *   consume.c          Buffer.consume: adopting memory that exists already
@@ -48,6 +55,16 @@
 /* The tracemalloc domain every non-PyMem allocation is reported under
  * ("memm" in ASCII). */
 #define MEMMANAGER_TRACEMALLOC_DOMAIN 0x6d656d6du
+
+/* Branch hints: MEMMANAGER_DEBUG checks stay off the hot paths' line. */
+#if defined(__GNUC__)
+#define MM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MM_UNLIKELY(x) (x)
+#endif
+
+/* What malloc guarantees: the alignment of a request that asks for none. */
+#define MM_DEFAULT_ALIGNMENT ((size_t)16)
 
 /* init_byte values understood by allocator_alloc_block(). */
 #define INIT_UNINITIALISED (-1)
@@ -101,18 +118,81 @@ enum {
 
 struct mm_device_hooks;
 
+typedef struct AllocatorObject AllocatorObject;
+
+/* What one allocation asks for: the sizes, the init byte and the options
+ * of the allocator kind, parsed and checked before anything is allocated.
+ * Each kind's parse_options sets the fields it uses; the rest keep the
+ * defaults of allocator_parse_options(). */
 typedef struct {
+    Py_ssize_t num_items;
+    Py_ssize_t item_size;
+    int init_byte;         /* INIT_UNINITIALISED or 0..255 */
+    size_t alignment;      /* the block starts at a multiple of this */
+    int hugepages;         /* Mmap: -1 automatic, 0 never, 1 always */
+    int populate;          /* Mmap: pre-fault the pages */
+    int shared;            /* Mmap: MAP_SHARED (survives fork) */
+    PyObject *shm_name;    /* SharedMemory: name= (borrowed), or NULL */
+    PyObject *options;     /* Python plug-ins: the extra keywords (borrowed) */
+} mm_request;
+
+/* Memory as an allocator kind handed it over: where it starts and the
+ * kind's per-block state (a SharedMemory name, a plug-in's handle). */
+typedef struct {
+    char *base;
+    void *cookie;
+} mm_raw;
+
+/* One allocated block as a buffer keeps it: what the buffer sees
+ * (address, size), and what the free needs besides (cookie, and `guard`,
+ * the guard bytes in front of address under MEMMANAGER_DEBUG). */
+typedef struct {
+    char *address;
+    size_t size;
+    void *cookie;
+    size_t guard;
+} mm_block;
+
+/* An allocator kind: how a family of allocators parses its options and
+ * gets and gives back memory.  allocate() returns `size` bytes (zeroed
+ * when `zero`) or raises; release() never raises and may run without the
+ * GIL unless the allocator has needs_gil. */
+typedef struct {
+    const char *kind;
+    int (*parse_options)(AllocatorObject *self, PyObject *options,
+                         mm_request *req);
+    int (*allocate)(AllocatorObject *self, const mm_request *req, size_t size,
+                    int zero, mm_raw *out);
+    void (*release)(AllocatorObject *self, char *base, size_t size,
+                    void *cookie);
+    /* Optional: adopt `source` (Buffer.consume with this allocator). */
+    int (*consume)(AllocatorObject *self, PyObject *source, size_t size,
+                   PyObject *options, mm_raw *out);
+    /* Optional: visit the Python objects a cookie holds (GC). */
+    int (*visit_cookie)(void *cookie, visitproc visit, void *arg);
+} mm_allocator_ops;
+
+struct AllocatorObject {
     PyObject_HEAD
     PyObject *name;                    /* str */
-    const MemManagerAllocator *vtable; /* borrowed from keeper or static */
-    PyObject *keeper;                  /* owns the vtable (a capsule), or NULL */
+    const mm_allocator_ops *ops;       /* the kind */
+    const MemManagerAllocator *vtable; /* vtable kinds; NULL for the others */
+    PyObject *keeper;                  /* owns the vtable (capsule) or is the
+                                          Python plug-in object; or NULL */
+    PyObject *plugin_methods;          /* Python plug-ins: (malloc, free,
+                                          get_buffer_address, consume|None) */
     int stats_slot;                    /* index in the registry's stats table */
-    int uses_pymem;                    /* PyMem_*: GIL needed, already traced */
-    int consume_only;                  /* cannot allocate (Borrowed) */
-    int advise_hugepages;              /* heap blocks: madvise huge pages */
+    unsigned char uses_pymem;          /* PyMem_*: already traced by Python */
+    unsigned char needs_gil;           /* never release the GIL around it */
+    unsigned char consume_only;        /* cannot allocate (Borrowed) */
+    unsigned char advise_hugepages;    /* large blocks: madvise huge pages */
+    unsigned char fills_itself;        /* the kind writes the init byte */
+    unsigned char guarded;             /* MEMMANAGER_DEBUG guard bytes */
+    unsigned char debug;               /* MEMMANAGER_DEBUG was set */
+    unsigned char is_plugin;           /* registered by register_allocator */
     const struct mm_device_hooks *device_hooks; /* device allocators, else NULL */
     int memory_kind;                   /* MM_MEMORY_* */
-} AllocatorObject;
+};
 
 /* What allocator.c asks of a device allocator (cuda_allocators.c). */
 typedef struct mm_device_hooks {
@@ -123,26 +203,77 @@ typedef struct mm_device_hooks {
     int (*fill)(AllocatorObject *alloc, void *ptr, int byte, size_t size);
 } mm_device_hooks;
 
-/* One allocated block as the allocator returned it. */
-typedef struct {
-    char *address;
-    size_t size;
-} mm_block;
-
 extern PyType_Spec allocator_type_spec;
 extern const MemManagerAllocator mm_pyalloc_vtable;
 extern const MemManagerAllocator mm_cmalloc_vtable;
 extern const MemManagerAllocator mm_borrowed_vtable;
+extern const mm_allocator_ops mm_vtable_ops;
+extern const mm_allocator_ops mm_aligned_ops;
+extern const mm_allocator_ops mm_mmap_ops;
+extern const mm_allocator_ops mm_shm_ops;
+extern const mm_allocator_ops mm_python_ops;
 
-PyObject *allocator_new(mm_state *st, const char *name,
-                        const MemManagerAllocator *vtable, PyObject *keeper);
+/* allocator.c */
+AllocatorObject *allocator_new(mm_state *st, const char *name,
+                               const mm_allocator_ops *ops,
+                               const MemManagerAllocator *vtable,
+                               PyObject *keeper);
 int allocator_register_builtins(mm_state *st);
 AllocatorObject *allocator_lookup(mm_state *st, PyObject *name);
 int allocator_check_options(AllocatorObject *alloc, PyObject *options);
-int allocator_alloc_block(AllocatorObject *alloc, size_t size, int init_byte,
-                          mm_block *out);
+int allocator_refuse_options(AllocatorObject *alloc, PyObject *options,
+                             mm_request *req);
+int allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
+                                Py_ssize_t num_items, Py_ssize_t item_size,
+                                int init_byte, mm_request *req);
+
+/* The request for an allocation.  Inline for the hot path: a vtable
+ * allocator (PyAlloc, CMalloc) given no options reads nothing else. */
+static inline int allocator_parse_options(AllocatorObject *alloc, PyObject *options,
+                                          Py_ssize_t num_items, Py_ssize_t item_size,
+                                          int init_byte, mm_request *req)
+{
+    if (options == NULL && alloc->ops == &mm_vtable_ops) {
+        req->alignment = MM_DEFAULT_ALIGNMENT;
+        return 0;
+    }
+    return allocator_parse_any_options(alloc, options, num_items, item_size,
+                                       init_byte, req);
+}
+int allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
+                          size_t size, int init_byte, mm_block *out);
+int allocator_consume_block(AllocatorObject *alloc, PyObject *source,
+                            size_t size, PyObject *options, mm_block *out);
 void allocator_free_block(AllocatorObject *alloc, mm_block *block);
 void allocator_track(AllocatorObject *alloc, mm_block *block);
+int allocator_visit_block(AllocatorObject *alloc, void *cookie,
+                          visitproc visit, void *arg);
+void option_get(PyObject *options, const char *key, PyObject **value);
+int option_refuse_others(AllocatorObject *alloc, PyObject *options,
+                         const char *const *known);
+
+/* allocator_mmap.c: page mappings shared by Mmap, Aligned, SharedMemory. */
+size_t mm_page_size(void);
+size_t mm_round_to_pages(size_t size);
+char *mm_map_anonymous(size_t size, size_t alignment, int shared);
+void mm_unmap(char *base, size_t size);
+void mm_advise_hugepages(void *ptr, size_t size);
+void mm_populate(char *base, size_t size);
+
+/* allocator_shm.c */
+PyObject *buffer_attach(PyObject *cls, PyObject *const *args,
+                        Py_ssize_t nargs, PyObject *kwnames);
+PyObject *buffer_get_name(PyObject *op, void *closure);
+
+/* allocator_plugin.c */
+PyObject *allocator_register_plugin(mm_state *st, PyObject *name, PyObject *impl);
+
+/* allocator_debug.c */
+size_t debug_guard_front(size_t alignment);
+#define DEBUG_GUARD_BACK ((size_t)64)
+void debug_write_guards(char *base, size_t front, size_t size);
+void debug_check_guards(AllocatorObject *alloc, const mm_block *block);
+void debug_check_registry(const char *after);
 
 /* ------------------------------------------------------------------ */
 /* Buffer                                                              */
@@ -175,6 +306,10 @@ typedef struct {
     unsigned char has_pending_region;
     unsigned char pending_readonly;
     unsigned char host_inaccessible; /* device memory: no host reads or writes */
+    /* The allocator kind's per-block state and the guard-byte offset
+     * (mm_block.cookie, .guard), handed back to it at free. */
+    void *block_cookie;
+    size_t block_guard;
 } BufferObject;
 
 extern PyType_Spec buffer_type_spec;
@@ -186,6 +321,8 @@ int buffer_finish_type(mm_state *st, PyTypeObject *type);
 extern PyMethodDef buffer_class_methods[];
 BufferObject *buffer_alloc_object(PyTypeObject *type);
 int buffer_register_region(mm_state *st, BufferObject *self);
+void buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
+                        const mm_block *block);
 int buffer_release_memory(BufferObject *self);
 int buffer_check_live(BufferObject *self);
 int buffer_check_writable(BufferObject *self);

@@ -7,6 +7,7 @@
  *   get_delayed_gc_objects() identifiers of the pinned buffers
  *   collect_delayed(ids)     unpin (and so free) pinned buffers
  *   allocators()             registered allocator names
+ *   _register_allocator(n, impl)  a plug-in (capsule or Python object)
  *   _release_pinned_at_exit()  called from an atexit hook
  *   _registry_check()        the registry's invariants, for tests
  *   _set_address_resolver(f) Python helper turning foreign pointers into ints
@@ -141,6 +142,17 @@ static PyObject *mm_allocators(PyObject *module, PyObject *Py_UNUSED(a))
     return PyDict_Keys(module_state(module)->allocators);
 }
 
+static PyObject *mm_register_allocator(PyObject *module, PyObject *const *args,
+                                       Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "_register_allocator() takes name and impl (%zd given)", nargs);
+        return NULL;
+    }
+    return allocator_register_plugin(module_state(module), args[0], args[1]);
+}
+
 static PyObject *mm_release_pinned_at_exit(PyObject *module, PyObject *Py_UNUSED(a))
 {
     return delayed_gc_release_all(module_state(module));
@@ -182,6 +194,10 @@ static PyMethodDef module_methods[] = {
      "as no other reference remains.  Returns the identifiers unpinned."},
     {"allocators", mm_allocators, METH_NOARGS,
      "allocators()\n--\n\nNames of the registered allocators."},
+    {"_register_allocator", (PyCFunction)(void (*)(void))mm_register_allocator,
+     METH_FASTCALL,
+     "_register_allocator(name, impl, /)\n--\n\n"
+     "Register a plug-in allocator; returns its Allocator object."},
     {"_release_pinned_at_exit", mm_release_pinned_at_exit, METH_NOARGS,
      "_release_pinned_at_exit()\n--\n\nRelease every pinned buffer (atexit)."},
     {"_registry_check", mm_registry_check, METH_NOARGS,

@@ -26,7 +26,13 @@
  *   - the functions may be called without the GIL held (never call into
  *     Python from them), and must be thread-safe;
  *   - malloc/calloc return NULL on failure; memmanager turns that into
- *     MemoryError.
+ *     MemoryError;
+ *   - memmanager never calls free with an address the allocator did not
+ *     return, and calls it exactly once per block.
+ *
+ * register_allocator() refuses a capsule with another name, an
+ * abi_version of 0, a struct_size smaller than version 1's, or a NULL
+ * malloc, calloc or free.  Such allocators take no per-buffer options.
  *
  * This header needs only <stddef.h> and <stdint.h>; it is found with
  * memmanager.get_include().
@@ -62,7 +68,9 @@ typedef struct MemManagerAllocator {
     void *(*calloc)(void *ctx, size_t count, size_t size);
     /* Frees a block this allocator returned; size is the size asked for. */
     void (*free)(void *ctx, void *ptr, size_t size);
-    /* Optional (may be NULL): resize a block, as C realloc. */
+    /* Optional (may be NULL): resize a block, as C realloc.  With it,
+     * Buffer.consume(address, ..., allocator=<this one>) adopts a block the
+     * allocator made; old_size is 0 then, as memmanager does not know it. */
     void *(*realloc)(void *ctx, void *ptr, size_t old_size, size_t new_size);
 } MemManagerAllocator;
 

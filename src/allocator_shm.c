@@ -1,0 +1,367 @@
+/*
+ * allocator_shm.c -- the SharedMemory allocator kind: POSIX shared memory
+ * that another process can map by name.
+ *
+ *   buf = Buffer(n, s, allocator="SharedMemory", name=None)
+ *   buf.name                                  # generated when not given
+ *   other = Buffer.attach(buf.name, n, s, readonly=False)  # any process
+ *
+ * The creator makes the object (shm_open with O_EXCL: an existing name is
+ * FileExistsError), sizes it with ftruncate (so its pages are lazy zero
+ * pages: init_value=0 costs nothing) and maps it MAP_SHARED.  The creator's
+ * buffer unlinks the name when it dies; an attached buffer only unmaps.
+ * A forked child inherits the creator's buffer but never unlinks: the
+ * cookie records the creating process.
+ *
+ * Names are what Python's multiprocessing.shared_memory uses: without the
+ * leading slash (which is added for shm_open), so both interoperate.  A
+ * name given with a leading slash is used as it is.
+ */
+#include "memmanager.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SHM_NAME_MAX 255
+#define GENERATED_NAME_TRIES 16
+
+/* Per-block state: which object this is and who unlinks it. */
+typedef struct {
+    pid_t creator;         /* the creating process, or 0 when attached */
+    int slash_added;       /* buf.name is posix_name without its '/' */
+    char posix_name[];     /* as given to shm_open: "/..." */
+} shm_cookie;
+
+/* ------------------------------------------------------------------ */
+/* Names                                                               */
+/* ------------------------------------------------------------------ */
+
+/* A malloc'd cookie for the name (a str), or NULL with ValueError. */
+static shm_cookie *cookie_for_name(PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "name must be a str, not %.100s",
+                     Py_TYPE(name)->tp_name);
+        return NULL;
+    }
+    PyObject *encoded = PyUnicode_EncodeFSDefault(name);
+    if (encoded == NULL) {
+        return NULL;
+    }
+    const char *raw = PyBytes_AS_STRING(encoded);
+    size_t length = (size_t)PyBytes_GET_SIZE(encoded);
+    int slash_added = length == 0 || raw[0] != '/';
+    const char *rest = slash_added ? raw : raw + 1;
+    size_t rest_length = slash_added ? length : length - 1;
+    shm_cookie *cookie = NULL;
+    if (rest_length == 0 || rest_length >= SHM_NAME_MAX ||
+        memchr(rest, '/', rest_length) != NULL || memchr(rest, '\0', rest_length) != NULL) {
+        PyErr_Format(PyExc_ValueError,
+                     "invalid shared memory name %R: 1 to %d characters, "
+                     "no '/' except a leading one, no NUL", name, SHM_NAME_MAX - 1);
+        goto done;
+    }
+    cookie = malloc(sizeof(shm_cookie) + rest_length + 2);
+    if (cookie == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    cookie->creator = 0;
+    cookie->slash_added = slash_added;
+    cookie->posix_name[0] = '/';
+    memcpy(cookie->posix_name + 1, rest, rest_length);
+    cookie->posix_name[rest_length + 1] = '\0';
+done:
+    Py_DECREF(encoded);
+    return cookie;
+}
+
+static uint64_t random_bits(void)
+{
+    uint64_t bits = 0;
+    if (getentropy(&bits, sizeof(bits)) != 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        bits = (uint64_t)now.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)now.tv_sec;
+    }
+    return bits;
+}
+
+static shm_cookie *cookie_for_generated_name(void)
+{
+    char name[64];
+    snprintf(name, sizeof(name), "mm_%ld_%012llx", (long)getpid(),
+             (unsigned long long)(random_bits() & 0xffffffffffffull));
+    PyObject *str = PyUnicode_FromString(name);
+    if (str == NULL) {
+        return NULL;
+    }
+    shm_cookie *cookie = cookie_for_name(str);
+    Py_DECREF(str);
+    return cookie;
+}
+
+static PyObject *display_name(const shm_cookie *cookie)
+{
+    const char *name = cookie->posix_name + (cookie->slash_added ? 1 : 0);
+    return PyUnicode_DecodeFSDefault(name);
+}
+
+/* OSError (FileNotFoundError, FileExistsError, ...) for errno, naming
+ * the object; MemoryError when there is no room for it. */
+static void raise_for_name(const shm_cookie *cookie)
+{
+    int saved = errno;
+    PyObject *name = display_name(cookie);
+    if (name == NULL) {
+        return;
+    }
+    if (saved == ENOSPC || saved == ENOMEM) {
+        PyErr_Format(PyExc_MemoryError, "no room for shared memory %R: %s",
+                     name, strerror(saved));
+    }
+    else {
+        errno = saved;
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+    }
+    Py_DECREF(name);
+}
+
+/* ------------------------------------------------------------------ */
+/* Creating                                                            */
+/* ------------------------------------------------------------------ */
+
+static int shm_parse_options(AllocatorObject *self, PyObject *options,
+                             mm_request *req)
+{
+    static const char *const known[] = {"name", NULL};
+    req->alignment = mm_page_size();
+    if (options == NULL) {
+        return 0;
+    }
+    if (option_refuse_others(self, options, known) < 0) {
+        return -1;
+    }
+    option_get(options, "name", &req->shm_name);   /* None: generated */
+    return 0;
+}
+
+/* An open, new, exclusive object for the request's name (or a generated
+ * one, retried on a clash); -1 with an exception. */
+static int create_object(const mm_request *req, shm_cookie **cookie_out)
+{
+    for (int attempt = 0; attempt < GENERATED_NAME_TRIES; attempt++) {
+        shm_cookie *cookie = req->shm_name != NULL ? cookie_for_name(req->shm_name)
+                                                   : cookie_for_generated_name();
+        if (cookie == NULL) {
+            return -1;
+        }
+        int fd = shm_open(cookie->posix_name, O_CREAT | O_EXCL | O_RDWR, 0600);
+        if (fd >= 0) {
+            cookie->creator = getpid();
+            *cookie_out = cookie;
+            return fd;
+        }
+        if (errno != EEXIST || req->shm_name != NULL) {
+            raise_for_name(cookie);
+            free(cookie);
+            return -1;
+        }
+        free(cookie);
+    }
+    PyErr_SetString(PyExc_FileExistsError,
+                    "could not find a free shared memory name");
+    return -1;
+}
+
+/* Refuses sizes /dev/shm cannot hold now: past that, touching a lazily
+ * backed page would be a SIGBUS, not an exception. */
+static int check_room(int fd, size_t size)
+{
+    struct statvfs fs;
+    if (fstatvfs(fd, &fs) == 0 && fs.f_bsize > 0 &&
+        size / fs.f_bsize >= (size_t)fs.f_bavail) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return 0;
+}
+
+static int shm_allocate(AllocatorObject *Py_UNUSED(self), const mm_request *req,
+                        size_t size, int Py_UNUSED(zero), mm_raw *out)
+{
+    shm_cookie *cookie = NULL;
+    int fd = create_object(req, &cookie);
+    if (fd < 0) {
+        return -1;
+    }
+    char *map = MAP_FAILED;
+    if (check_room(fd, size) == 0 && ftruncate(fd, (off_t)size) == 0) {
+        map = mmap(NULL, mm_round_to_pages(size), PROT_READ | PROT_WRITE,
+                   MAP_SHARED, fd, 0);
+    }
+    if (map == MAP_FAILED) {
+        int saved = errno;
+        close(fd);
+        shm_unlink(cookie->posix_name);
+        errno = saved;
+        raise_for_name(cookie);
+        free(cookie);
+        return -1;
+    }
+    close(fd);
+    out->base = map;
+    out->cookie = cookie;
+    return 0;
+}
+
+/* Never calls into Python: may run without the GIL. */
+static void shm_release(AllocatorObject *Py_UNUSED(self), char *base,
+                        size_t size, void *cookie_ptr)
+{
+    shm_cookie *cookie = cookie_ptr;
+    mm_unmap(base, size);
+    if (cookie != NULL) {
+        if (cookie->creator != 0 && cookie->creator == getpid()) {
+            (void)shm_unlink(cookie->posix_name);
+        }
+        free(cookie);
+    }
+}
+
+const mm_allocator_ops mm_shm_ops = {
+    .kind = "SharedMemory",
+    .parse_options = shm_parse_options,
+    .allocate = shm_allocate,
+    .release = shm_release,
+};
+
+/* ------------------------------------------------------------------ */
+/* Buffer.attach and buf.name                                          */
+/* ------------------------------------------------------------------ */
+
+/* Maps an existing object; -1 with an exception (FileNotFoundError when
+ * it does not exist, ValueError when it is smaller than size). */
+static int map_existing(shm_cookie *cookie, size_t size, int readonly, char **out)
+{
+    struct stat info;
+    int fd = shm_open(cookie->posix_name, readonly ? O_RDONLY : O_RDWR, 0);
+    if (fd < 0) {
+        raise_for_name(cookie);
+        return -1;
+    }
+    if (fstat(fd, &info) != 0) {
+        raise_for_name(cookie);
+        close(fd);
+        return -1;
+    }
+    if ((uintmax_t)info.st_size < (uintmax_t)size) {
+        PyObject *name = display_name(cookie);
+        if (name != NULL) {
+            PyErr_Format(PyExc_ValueError,
+                         "shared memory %R has %lld bytes, %zu are needed",
+                         name, (long long)info.st_size, size);
+            Py_DECREF(name);
+        }
+        close(fd);
+        return -1;
+    }
+    int prot = PROT_READ | (readonly ? 0 : PROT_WRITE);
+    char *map = mmap(NULL, mm_round_to_pages(size), prot, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        raise_for_name(cookie);
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    *out = map;
+    return 0;
+}
+
+static AllocatorObject *shm_allocator(mm_state *st)
+{
+    PyObject *name = PyUnicode_FromString("SharedMemory");
+    if (name == NULL) {
+        return NULL;
+    }
+    AllocatorObject *alloc = allocator_lookup(st, name);
+    Py_DECREF(name);
+    return alloc;
+}
+
+static PyObject *attach_buffer(mm_state *st, PyTypeObject *cls, buffer_args *a,
+                               shm_cookie *cookie, int readonly)
+{
+    AllocatorObject *alloc = shm_allocator(st);
+    size_t nbytes = (size_t)(a->num_items * a->item_size);
+    mm_block block = {NULL, nbytes, cookie, 0};
+    if (alloc == NULL || map_existing(cookie, nbytes, readonly, &block.address) < 0) {
+        free(cookie);
+        return NULL;
+    }
+    BufferObject *self = buffer_alloc_object(cls);
+    if (self == NULL) {
+        shm_release(alloc, block.address, nbytes, cookie);
+        return NULL;
+    }
+    self->num_items = a->num_items;
+    self->item_size = a->item_size;
+    self->nbytes = (Py_ssize_t)nbytes;
+    self->readonly = (unsigned char)readonly;
+    buffer_adopt_block(self, alloc, &block);
+    allocator_track(alloc, &block);
+    if (buffer_register_region(st, self) < 0 ||
+        buffer_finish_construction(st, self, NULL, 0) < 0) {
+        Py_DECREF(self);   /* unmaps */
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+PyObject *buffer_attach(PyObject *cls, PyObject *const *args,
+                        Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"name", "num_items", "item_size",
+                                         "readonly", NULL};
+    PyObject *values[4];
+    buffer_args a = {0};
+    mm_state *st = mm_state_from_type((PyTypeObject *)cls);
+    if (st == NULL ||
+        unpack_arguments("attach", args, nargs, kwnames, names, 3, values) < 0) {
+        return NULL;
+    }
+    if (values[0] == NULL || values[1] == NULL || values[2] == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "attach() takes name, num_items and item_size");
+        return NULL;
+    }
+    int readonly = parse_flag(values[3], 0);
+    if (readonly < 0 || parse_sizes(values[1], values[2], &a) < 0) {
+        return NULL;
+    }
+    shm_cookie *cookie = cookie_for_name(values[0]);
+    if (cookie == NULL) {
+        return NULL;
+    }
+    return attach_buffer(st, (PyTypeObject *)cls, &a, cookie, readonly);
+}
+
+PyObject *buffer_get_name(PyObject *op, void *Py_UNUSED(closure))
+{
+    BufferObject *self = (BufferObject *)op;
+    if (buffer_check_live(self) < 0) {
+        return NULL;
+    }
+    if (self->allocator->ops != &mm_shm_ops || self->block_cookie == NULL) {
+        Py_RETURN_NONE;
+    }
+    return display_name(self->block_cookie);
+}
