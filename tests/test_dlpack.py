@@ -20,6 +20,8 @@ import pytest
 
 import memmanager
 from memmanager import Buffer
+from dlpack_ctypes import (DLDataType, DLDevice, DLManagedTensor,  # noqa: F401
+                           DLManagedTensorVersioned, DLPackVersion, DLTensor)
 
 KDL_CPU = 1
 KDL_UINT = 1
@@ -27,41 +29,6 @@ FLAG_READ_ONLY = 1 << 0
 FLAG_IS_COPIED = 1 << 1
 
 
-class DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
-                ("lanes", ctypes.c_uint16)]
-
-
-class DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice),
-                ("ndim", ctypes.c_int32), ("dtype", DLDataType),
-                ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)),
-                ("byte_offset", ctypes.c_uint64)]
-
-
-class DLManagedTensor(ctypes.Structure):
-    pass
-
-
-DLManagedTensor._fields_ = [
-    ("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p),
-    ("deleter", ctypes.CFUNCTYPE(None, ctypes.POINTER(DLManagedTensor)))]
-
-
-class DLManagedTensorVersioned(ctypes.Structure):
-    pass
-
-
-DLManagedTensorVersioned._fields_ = [
-    ("major", ctypes.c_uint32), ("minor", ctypes.c_uint32),
-    ("manager_ctx", ctypes.c_void_p),
-    ("deleter", ctypes.CFUNCTYPE(None, ctypes.POINTER(DLManagedTensorVersioned))),
-    ("flags", ctypes.c_uint64), ("dl_tensor", DLTensor)]
 
 pythonapi = ctypes.pythonapi
 pythonapi.PyCapsule_GetName.restype = ctypes.c_char_p
@@ -122,7 +89,7 @@ def test_tensor_fields(make_buffer, versioned):
     capsule = buf.__dlpack__(max_version=(1, 0) if versioned else None)
     m = managed(capsule)
     if versioned:
-        assert (m.major, m.minor) == (1, 0)
+        assert (m.version.major, m.version.minor) == (1, 0)
         assert m.flags == 0
     t = m.dl_tensor
     assert t.data == buf.address and t.byte_offset == 0
