@@ -174,7 +174,10 @@ def use(allocators: Names = None, devices: Names = None, views: Names = None) ->
     allocator_plan = _plan_allocators(_as_names(allocators, "allocators"))
     device_plan = _plan_hooks(DEVICE_GROUP, _as_names(devices, "devices"),
                               BUILTIN_DEVICES, "Device")
-    view_plan = _plan_hooks(VIEW_GROUP, _as_names(views, "views"), BUILTIN_VIEWS, "View")
+    # A view kind registered with register_view() counts as loaded.
+    from ._views import view_kinds
+    view_plan = _plan_hooks(VIEW_GROUP, _as_names(views, "views"),
+                            BUILTIN_VIEWS | frozenset(view_kinds()), "View")
     for entry_point in allocator_plan:
         _register(entry_point.name, _allocator_impl(entry_point.load()), _origin(entry_point))
     for group, plan in ((DEVICE_GROUP, device_plan), (VIEW_GROUP, view_plan)):

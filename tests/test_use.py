@@ -169,3 +169,15 @@ def test_debug_line_per_plugin(installed):
         memmanager.use(allocators=["PluginArena"])
     """)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_use_accepts_a_view_kind_registered_at_run_time():
+    """A kind added with register_view() is loaded already: use() must not
+    look for an entry point for it (and must not fail)."""
+    import memmanager
+
+    memmanager.register_view("use_test_kind", lambda buf, **options: memoryview(buf),
+                             lambda view: bytes(view))
+    memmanager.use(views=["use_test_kind"])
+    with pytest.raises(LookupError):
+        memmanager.use(views=["use_test_kind_never_registered"])
