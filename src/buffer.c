@@ -259,10 +259,12 @@ static void buffer_dealloc(PyObject *op)
 {
     BufferObject *self = (BufferObject *)op;
     PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
+    /* The stub runs while the object is still tracked, so a buffer it
+     * resurrects (through a weak reference) stays under the collector. */
     if (self->death_stub != NULL && PyObject_CallFinalizerFromDealloc(op) < 0) {
         return;   /* resurrected by the death stub */
     }
+    PyObject_GC_UnTrack(op);
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs(op);
     }

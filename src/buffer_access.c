@@ -114,12 +114,20 @@ PyObject *buffer_region(PyObject *op, PyObject *const *args,
                      start, stop, self->nbytes);
         return NULL;
     }
+    /* The pending region must reach this call's getbuffer, not another
+     * export's: the memoryview's own allocation, before its getbuffer,
+     * could start a collection whose finalizers export this buffer.  The
+     * collector is paused for the call (no other Python code runs in it). */
+    int collector_was_enabled = PyGC_Disable();
     self->has_pending_region = 1;
     self->pending_offset = start;
     self->pending_length = stop - start;
     self->pending_readonly = (unsigned char)readonly;
     PyObject *view = PyMemoryView_FromObject(op);
     self->has_pending_region = 0;
+    if (collector_was_enabled) {
+        PyGC_Enable();
+    }
     return view;
 }
 

@@ -300,8 +300,18 @@ static int assign_option(mm_state *st, buffer_args *a, PyObject *key,
 static int assign_mapping(mm_state *st, buffer_args *a, PyObject *options,
                           int consume_keys)
 {
-    /* As dict.update() decides: a mapping is what has keys(). */
-    int has_keys = PyDict_Check(options) ? 1 : PyObject_HasAttrString(options, "keys");
+    /* As dict.update() decides: a mapping is what has keys().  The name is
+     * interned: a fresh str per call would pile up in the type attribute
+     * cache, which keeps the names it saw. */
+    int has_keys = 1;
+    if (!PyDict_Check(options)) {
+        PyObject *keys = PyUnicode_InternFromString("keys");
+        if (keys == NULL) {
+            return -1;
+        }
+        has_keys = PyObject_HasAttr(options, keys);
+        Py_DECREF(keys);
+    }
     if (!has_keys || !PyMapping_Check(options)) {
         PyErr_Format(PyExc_TypeError, "options must be a mapping, not %.100s",
                      Py_TYPE(options)->tp_name);

@@ -175,26 +175,31 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
         PyErr_SetString(PyExc_OverflowError, "address + size wraps around");
         return NULL;
     }
+    /* The object first: its allocation may start a collection, whose
+     * finalizers may register memory.  From the overlap check to the
+     * realloc nothing runs Python code, so the check still holds. */
+    BufferObject *self = buffer_alloc_object(cls);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->released = 1;            /* nothing to free until take_address */
+    self->num_items = a->num_items;
+    self->item_size = a->item_size;
+    self->nbytes = a->num_items * a->item_size;
+    self->allocator = (AllocatorObject *)Py_NewRef(alloc);
     /* Before ownership is taken: realloc may move or free the block.
      * (Borrowed takes nothing; its insertion below checks by itself.) */
     if (!alloc->consume_only &&
         region_registry_find_overlap(src->address, end, &other)) {
         raise_overlap(st, src->address, end, &other);
-        return NULL;
-    }
-    BufferObject *self = buffer_alloc_object(cls);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->num_items = a->num_items;
-    self->item_size = a->item_size;
-    self->nbytes = a->num_items * a->item_size;
-    self->allocator = (AllocatorObject *)Py_NewRef(alloc);
-    if (take_address(self, alloc, src->address, a) < 0) {
-        self->released = 1;        /* nothing to free */
         Py_DECREF(self);
         return NULL;
     }
+    if (take_address(self, alloc, src->address, a) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->released = 0;
     if (self->owns_memory) {
         clear_holder(src);         /* ownership is ours from here on */
     }

@@ -10,6 +10,8 @@
  *   _register_allocator(n, impl)  a plug-in (capsule or Python object)
  *   _release_pinned_at_exit()  called from an atexit hook
  *   _registry_check()        the registry's invariants, for tests
+ *   _registry_spin(n)        the registry's lock taken n times without the
+ *                            GIL, for the fork tests
  *   _set_address_resolver(f) Python helper turning foreign pointers into ints
  *   _cuda_probe(), _cuda_reset()  the CUDA loader (cuda_loader.c), for
  *                            memmanager.cuda and the tests
@@ -100,14 +102,16 @@ static PyObject *live_buffer_row(BufferObject *b)
 
 static PyObject *mm_live_buffers(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
+    /* The snapshot holds raw pointers to Buffers, so none may die before
+     * its row is built.  This thread keeps the GIL throughout and runs no
+     * Python code, but the allocations below could start a collection,
+     * which frees garbage cycles holding buffers and runs finalizers (that
+     * may release any buffer, or switch threads): the collector is paused
+     * for the duration. */
+    int collector_was_enabled = PyGC_Disable();
     ptrdiff_t count;
     uintptr_t *owners = region_registry_owners(&count);
-    if (count < 0) {
-        return PyErr_NoMemory();
-    }
-    /* Owners are Buffers; none can die before this returns, since that
-     * needs the GIL, which this thread holds throughout. */
-    PyObject *rows = PyList_New(count);
+    PyObject *rows = count < 0 ? PyErr_NoMemory() : PyList_New(count);
     for (ptrdiff_t i = 0; rows != NULL && i < count; i++) {
         PyObject *row = live_buffer_row((BufferObject *)owners[i]);
         if (row == NULL) {
@@ -117,6 +121,9 @@ static PyObject *mm_live_buffers(PyObject *Py_UNUSED(module), PyObject *Py_UNUSE
         PyList_SET_ITEM(rows, i, row);
     }
     PyMem_RawFree(owners);
+    if (collector_was_enabled) {
+        PyGC_Enable();
+    }
     return rows;
 }
 
@@ -169,6 +176,25 @@ static PyObject *mm_registry_check(PyObject *Py_UNUSED(module), PyObject *Py_UNU
     return PyLong_FromSsize_t((Py_ssize_t)count);
 }
 
+/* Takes and gives back the registry's lock `iterations` times with the GIL
+ * released, as an allocator path that drops the GIL does: lets the tests
+ * fork while another thread is inside the registry. */
+static PyObject *mm_registry_spin(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_ssize_t iterations = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (iterations == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t found = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < iterations; i++) {
+        region_info ignored;
+        found += region_registry_find_overlap(0, 1, &ignored);
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromSsize_t(found);
+}
+
 static PyObject *mm_set_address_resolver(PyObject *module, PyObject *resolver)
 {
     if (!PyCallable_Check(resolver)) {
@@ -208,6 +234,10 @@ static PyMethodDef module_methods[] = {
     {"_cuda_reset", cuda_reset, METH_NOARGS,
      "_cuda_reset()\n--\n\nForget the loaded CUDA driver (re-read "
      "MEMMANAGER_CUDA_LIBRARY at\nnext use); existing buffers keep theirs. For tests."},
+    {"_registry_spin", mm_registry_spin, METH_O,
+     "_registry_spin(iterations, /)\n--\n\n"
+     "For tests: take and give back the registry's lock that many times\n"
+     "with the GIL released.  Returns how many queries found a region at 0."},
     {"_set_address_resolver", mm_set_address_resolver, METH_O,
      "_set_address_resolver(resolver, /)\n--\n\n"
      "Install the callable consume() uses for ctypes/cffi pointers."},

@@ -10,13 +10,28 @@ failed construction) registered and allocated nothing.
 import contextlib
 import ctypes
 import gc
+import os
 
 import pytest
 from hypothesis import settings
 
 import memmanager
 
-settings.register_profile("memmanager", database=None, deadline=None, max_examples=60)
+# MEMMANAGER_TEST_SCALE=small runs the randomised, repeated and
+# time-bounded tests smaller: `make valgrind` sets it (memcheck is ~30
+# times slower), and so does the LeakSanitizer pass of `make asan`.
+SCALE = os.environ.get("MEMMANAGER_TEST_SCALE", "full")
+if SCALE not in ("full", "small"):
+    raise RuntimeError(f"MEMMANAGER_TEST_SCALE must be 'full' or 'small', not {SCALE!r}")
+
+
+def scaled(full, small):
+    """The value for the current scale."""
+    return full if SCALE == "full" else small
+
+
+settings.register_profile("memmanager", database=None, deadline=None,
+                          max_examples=scaled(60, 5))
 settings.load_profile("memmanager")
 
 

@@ -658,3 +658,54 @@ def test_cmalloc_block_freed_exactly_once():
     child = subprocess.run([sys.executable, "-c", FREED_ONCE_SCRIPT], env=env,
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stdout + child.stderr
+
+
+# --------------------------------------------------------------------------
+# regression: the overlap check and the adoption must see the same registry
+# (issue 8).  consume() checked for overlap, then allocated its Buffer
+# object, which could start a collection whose finalizer registered the
+# same block; the block was then realloc'ed (and freed when registration
+# failed) under the other buffer, and the holder emptied though the
+# consume raised.
+
+def test_consume_rechecks_nothing_between_check_and_adoption(libc):
+    block = libc.malloc(64)
+    intruders = []
+
+    class Intruder:
+        def __init__(self):
+            self.me = self          # a cycle: only the collector frees it
+
+        def __del__(self):
+            intruders.append(Buffer.consume(block, 64, 1, allocator="Borrowed",
+                                            delayed_gc=False))
+
+    adopted = None
+    try:
+        for extra in range(16):     # where, in the call, the collection starts
+            holder = [block]
+            gc.collect()
+            gc.disable()
+            Intruder()
+            gc.set_threshold(gc.get_count()[0] + extra)
+            gc.enable()
+            try:
+                adopted = Buffer.consume(holder, 64, 1, delayed_gc=False)
+            except memmanager.OverlapError:
+                assert holder == [block], "a refused consume took the block"
+                assert len(intruders) == 1 and not intruders[0].released
+            finally:
+                gc.set_threshold(700)
+            if adopted is not None:
+                break
+            for intruder in intruders:
+                intruder.release()
+            intruders.clear()
+        assert adopted is not None, "the finalizer always ran first"
+        assert holder == [0] and intruders == []
+    finally:
+        gc.set_threshold(700)
+        gc.enable()
+        for intruder in intruders:
+            intruder.release()
+    adopted.release()   # frees the block: it was ours

@@ -305,3 +305,26 @@ def test_stub_may_use_memmanager(action):
     assert expected[action]()
     assert memmanager._core._registry_check() == len(memmanager.live_buffers())
     other.release()
+
+
+def test_resurrected_buffer_stays_tracked():
+    """A stub that resurrects its buffer (through a weak reference) leaves
+    it under the collector's watch, alive and usable (issue 8: dealloc
+    untracked the object before running the stub)."""
+    box = {}
+
+    def stub(info):
+        box["alive"] = box["ref"]()
+
+    buf = Buffer(8, 1, init_value=4, death_stub=stub)
+    box["ref"] = weakref.ref(buf)
+    del buf
+    resurrected = box.pop("alive")
+    assert resurrected is not None
+    assert gc.is_tracked(resurrected)
+    assert not resurrected.released
+    assert resurrected.extract_buffer_region() == b"\x04" * 8
+    box["cycle"] = resurrected          # a cycle the collector must be able to break
+    resurrected.release()               # the stub ran already: it does not run again
+    del resurrected, box
+    gc.collect()

@@ -512,3 +512,45 @@ def test_release_inside_index_conversion(allocator, op):
     # the operation sees the buffer released (ValueError); it never returns
     # data from, or writes to, freed memory.
     assert proc.stdout.startswith("raised"), proc.stdout
+
+
+# --------------------------------------------------------------------------
+# regression: region() must hand its range to its own export (issue 8).
+# The memoryview's allocation, before its getbuffer, could start a
+# collection whose finalizer exported the same buffer: that export took the
+# pending range, and region(8, 16, readonly=True) returned a writable view
+# of the whole buffer.
+
+def test_region_range_not_taken_by_a_finalizer():
+    buf = Buffer(64, 1, init_value=0)
+    taken = []
+
+    class Thief:
+        def __init__(self):
+            self.me = self          # a cycle: only the collector frees it
+
+        def __del__(self):
+            taken.append(memoryview(buf))
+
+    try:
+        for extra in range(12):     # where, in the call, the collection starts
+            gc.collect()
+            gc.disable()
+            Thief()
+            gc.set_threshold(gc.get_count()[0] + extra)
+            gc.enable()
+            view = buf.region(8, 16, readonly=True)
+            gc.set_threshold(700)
+            assert (view.nbytes, view.readonly) == (8, True)
+            assert all(t.nbytes == 64 and not t.readonly for t in taken)
+            view.release()
+            for t in taken:
+                t.release()
+            taken.clear()
+    finally:
+        gc.set_threshold(700)
+        gc.enable()
+    gc.collect()                    # the last Thief, if the loop did not free it
+    for t in taken:
+        t.release()
+    buf.release()
