@@ -288,6 +288,7 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
     mm_request req;
     mm_block block;
     int init_byte, delayed_gc;
+    AllocatorObject *alloc = NULL;
     mm_state *st = mm_state_from_type(type);
     if (st == NULL) {
         return NULL;
@@ -302,7 +303,10 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
         parse_options(st, nargs == 3 ? args[2] : NULL, args + nargs, kwnames, 0, &a) < 0) {
         goto error;
     }
-    AllocatorObject *alloc = allocator_lookup(st, a.allocator);
+    /* A strong reference: the checks below can run Python code (__bool__,
+     * a plug-in's options), which could register another allocator under
+     * this name and drop the registry's reference to this one. */
+    alloc = (AllocatorObject *)Py_XNewRef(allocator_lookup(st, a.allocator));
     if (alloc == NULL || parse_init_value(a.init_value, &init_byte) < 0 ||
         allocator_parse_options(alloc, a.extra, a.num_items, a.item_size,
                                 init_byte, &req) < 0 ||
@@ -329,10 +333,12 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
         buffer_finish_construction(st, self, a.death_stub, delayed_gc) < 0) {
         goto error;
     }
+    Py_DECREF(alloc);
     buffer_args_clear(&a);
     return (PyObject *)self;
 error:
     Py_XDECREF(self);
+    Py_XDECREF(alloc);
     buffer_args_clear(&a);
     return NULL;
 }

@@ -411,12 +411,15 @@ static PyObject *consume_with_plugin(mm_state *st, PyTypeObject *cls,
 /* Entry point                                                         */
 /* ------------------------------------------------------------------ */
 
+/* A new reference: adoption can run Python code (an exporter, a plug-in),
+ * which could re-register the name and drop the registry's reference. */
 static AllocatorObject *consume_allocator(mm_state *st, buffer_args *a, int is_address)
 {
     if (a->allocator != NULL && a->allocator != Py_None) {
-        return allocator_lookup(st, a->allocator);
+        return (AllocatorObject *)Py_XNewRef(allocator_lookup(st, a->allocator));
     }
-    return (AllocatorObject *)(is_address ? st->cmalloc_allocator : st->default_allocator);
+    return (AllocatorObject *)Py_NewRef(is_address ? st->cmalloc_allocator
+                                                   : st->default_allocator);
 }
 
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
@@ -424,6 +427,7 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
 {
     buffer_args a = {0};
     address_source src = {0};
+    AllocatorObject *alloc = NULL;
     PyObject *result = NULL;
     int copy, delayed_gc;
     mm_state *st = mm_state_from_type((PyTypeObject *)cls);
@@ -450,15 +454,16 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
         goto done;
     }
     if (a.allocator != NULL && a.allocator != Py_None) {
-        AllocatorObject *named = allocator_lookup(st, a.allocator);
-        if (named == NULL) {
+        alloc = consume_allocator(st, &a, 0);
+        if (alloc == NULL) {
             goto done;
         }
-        if (named->ops->consume != NULL) {
+        if (alloc->ops->consume != NULL) {
             result = consume_with_plugin(st, (PyTypeObject *)cls, source, &a,
-                                         named, copy, delayed_gc);
+                                         alloc, copy, delayed_gc);
             goto done;
         }
+        Py_CLEAR(alloc);
     }
     int kind = recognise_address(st, source, &src);
     if (kind < 0) {
@@ -471,7 +476,7 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
                      "not %.100s", Py_TYPE(source)->tp_name);
         goto done;
     }
-    AllocatorObject *alloc = consume_allocator(st, &a, kind == 1);
+    alloc = consume_allocator(st, &a, kind == 1);
     if (alloc == NULL) {
         goto done;
     }
@@ -479,6 +484,7 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
         ? consume_address(st, (PyTypeObject *)cls, &src, &a, alloc, copy, delayed_gc)
         : consume_object(st, (PyTypeObject *)cls, source, &a, alloc, copy, delayed_gc);
 done:
+    Py_XDECREF(alloc);
     Py_XDECREF(src.reset);
     buffer_args_clear(&a);
     return result;

@@ -494,3 +494,45 @@ def test_refcounts_stay_put(recorder):
     gc.collect()
     assert refs() == before
     assert memmanager.stats()[recorder.name]["live_buffers"] == base
+
+
+def test_allocator_replaced_by_python_code_mid_call():
+    """Buffer() holds the allocator it looked up: Python code run by its
+    own argument checks (here delayed_gc's __bool__) may register another
+    plug-in under the same name, dropping the registry's reference, and the
+    call must still use, and free through, the first."""
+    first, second = Recorder(), Recorder()
+    name = fresh_name()
+    memmanager.register_allocator(name, first)
+
+    class Swap:
+        def __bool__(self):
+            memmanager.register_allocator(name, second)
+            gc.collect()
+            return False
+
+    buf = Buffer(32, 1, allocator=name, init_value=5, delayed_gc=Swap())
+    assert bytes(buf) == b"\x05" * 32
+    address = buf.address
+    buf.release()
+    assert first.frees == [address] and second.frees == []
+
+
+def test_allocator_replaced_by_its_own_consume():
+    """consume() holds the allocator too: a plug-in whose consume() replaces
+    itself in the registry is still the one that frees the block."""
+    name = fresh_name()
+
+    class SelfReplacing(Recorder):
+        def consume(self, source, length, options):
+            memmanager.register_allocator(name, Recorder())
+            gc.collect()
+            return super().consume(source, length, options)
+
+    first = SelfReplacing()
+    memmanager.register_allocator(name, first)
+    buf = Buffer.consume(b"x" * 32, 32, 1, allocator=name, delayed_gc=False)
+    assert bytes(buf) == b"x" * 32
+    address = buf.address
+    buf.release()
+    assert first.frees == [address]
