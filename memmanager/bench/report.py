@@ -36,7 +36,16 @@ WHY = {
         "numpy.zeros and C calloc.",
     "byte-filled": "malloc + one memset with the GIL released; large blocks "
         "are advised to use transparent huge pages (as NumPy does), so "
-        "page faults, the real cost, are 512 times fewer.",
+        "page faults, the real cost, are 512 times fewer. SharedMemory is "
+        "the exception: shared memory gets huge pages only where the kernel "
+        "allows them for shmem (/sys/kernel/mm/transparent_hugepage/"
+        "shmem_enabled), which is 'never' on this machine, so its 64 MiB "
+        "fill takes 16384 page faults; its zero fill pays shm_open, "
+        "ftruncate and shm_unlink on top of the mapping.",
+    "wrap an address (target missed)": "consume(Borrowed) parses three "
+        "keyword options, looks the allocator up by name and takes the "
+        "registry's lock twice (insert, remove); ctypes and pyarrow do none "
+        "of that, so the ratio stays just above 1.",
     "copy out": "One memcpy into a new bytes object (without the GIL above "
         "1 MiB); the peer makes a memoryview and a slice first.",
     "zero-copy view": "region() builds one memoryview over the sub-range in "
