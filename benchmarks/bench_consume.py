@@ -8,11 +8,10 @@ DESIGN section 9: consume of an address <= 1.0x pyarrow.foreign_buffer and
 ctypes from_address.
 """
 
-import argparse
 import ctypes
 import sys
 
-from bench_core import compare
+from bench_core import compare, parse_timing_args
 
 from memmanager import Buffer
 
@@ -31,11 +30,7 @@ except ImportError:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=9)
-    parser.add_argument("--number", type=int, default=200_000)
-    args = parser.parse_args(argv)
-    n, r = args.number, args.repeat
+    n, r = parse_timing_args(__doc__, argv)
 
     owner = bytearray(4096)
     address = ctypes.addressof((ctypes.c_char * 4096).from_buffer(owner))

@@ -66,12 +66,17 @@ def registry_scaling(number, repeat):
     return ratio
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_timing_args(doc, argv=None):
+    """(number, repeat) from --number and --repeat, for the quick scripts."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--number", type=int, default=200_000)
     args = parser.parse_args(argv)
-    n, r = args.number, args.repeat
+    return args.number, args.repeat
+
+
+def main(argv=None):
+    n, r = parse_timing_args(__doc__, argv)
 
     ba = bytearray(1 << 20)
     buf = Buffer(1 << 20, 1, init_value=7)
