@@ -307,14 +307,11 @@ static PyObject *attach_buffer(mm_state *st, PyTypeObject *cls, buffer_args *a,
         free(cookie);
         return NULL;
     }
-    BufferObject *self = buffer_alloc_object(cls);
+    BufferObject *self = buffer_alloc_object(cls, a);
     if (self == NULL) {
         shm_release(alloc, block.address, nbytes, cookie);
         return NULL;
     }
-    self->num_items = a->num_items;
-    self->item_size = a->item_size;
-    self->nbytes = (Py_ssize_t)nbytes;
     self->readonly = (unsigned char)readonly;
     buffer_adopt_block(self, alloc, &block);
     allocator_track(alloc, &block);

@@ -94,11 +94,15 @@ int buffer_check_writable(BufferObject *self)
     return 0;
 }
 
-BufferObject *buffer_alloc_object(PyTypeObject *type)
+/* A new, empty buffer object of the sizes in a (checked by parse_sizes). */
+BufferObject *buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
 {
     BufferObject *self = (BufferObject *)type->tp_alloc(type, 0);
     if (self != NULL) {
         self->stub_done = 1;   /* no stub until construction completes */
+        self->num_items = a->num_items;
+        self->item_size = a->item_size;
+        self->nbytes = a->num_items * a->item_size;
     }
     return self;
 }
@@ -313,13 +317,10 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
         (delayed_gc = parse_flag(a.delayed_gc, 0)) < 0) {
         goto error;
     }
-    self = buffer_alloc_object(type);
+    self = buffer_alloc_object(type, &a);
     if (self == NULL) {
         goto error;
     }
-    self->num_items = a.num_items;
-    self->item_size = a.item_size;
-    self->nbytes = a.num_items * a.item_size;
     /* Until its memory is there the buffer reads as released, in case an
      * allocator's Python code finds it (gc.get_objects()); it holds the
      * allocator, in case that code replaces it in the registry. */

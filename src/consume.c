@@ -178,14 +178,11 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
     /* The object first: its allocation may start a collection, whose
      * finalizers may register memory.  From the overlap check to the
      * realloc nothing runs Python code, so the check still holds. */
-    BufferObject *self = buffer_alloc_object(cls);
+    BufferObject *self = buffer_alloc_object(cls, a);
     if (self == NULL) {
         return NULL;
     }
     self->released = 1;            /* nothing to free until take_address */
-    self->num_items = a->num_items;
-    self->item_size = a->item_size;
-    self->nbytes = a->num_items * a->item_size;
     self->allocator = (AllocatorObject *)Py_NewRef(alloc);
     /* Before ownership is taken: realloc may move or free the block.
      * (Borrowed takes nothing; its insertion below checks by itself.) */
@@ -312,14 +309,11 @@ static PyObject *consume_object(mm_state *st, PyTypeObject *cls, PyObject *sourc
         PyBuffer_Release(&view);
         return NULL;
     }
-    BufferObject *self = buffer_alloc_object(cls);
+    BufferObject *self = buffer_alloc_object(cls, a);
     if (self == NULL) {
         PyBuffer_Release(&view);
         return NULL;
     }
-    self->num_items = a->num_items;
-    self->item_size = a->item_size;
-    self->nbytes = nbytes;
     self->allocator = (AllocatorObject *)Py_NewRef(alloc);
     if (copy) {
         int failed = fill_copy(self, alloc, &view);
@@ -387,15 +381,12 @@ static PyObject *consume_with_plugin(mm_state *st, PyTypeObject *cls,
         Py_DECREF(alloc);
         return NULL;
     }
-    BufferObject *self = buffer_alloc_object(cls);
+    BufferObject *self = buffer_alloc_object(cls, a);
     if (self == NULL) {
         allocator_free_block(alloc, &block);
         Py_DECREF(alloc);
         return NULL;
     }
-    self->num_items = a->num_items;
-    self->item_size = a->item_size;
-    self->nbytes = (Py_ssize_t)nbytes;
     self->readonly = (unsigned char)readonly;
     buffer_adopt_block(self, alloc, &block);
     Py_DECREF(alloc);

@@ -319,7 +319,6 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
 int buffer_finish_type(mm_state *st, PyTypeObject *type);
 extern PyMethodDef buffer_class_methods[];
-BufferObject *buffer_alloc_object(PyTypeObject *type);
 int buffer_register_region(mm_state *st, BufferObject *self);
 void buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
                         const mm_block *block);
@@ -347,6 +346,9 @@ typedef struct {
     PyObject *owner;          /* consume only */
     PyObject *extra;          /* dict of the remaining (allocator) options */
 } buffer_args;
+
+/* buffer.c: a new, empty buffer object of the sizes in a. */
+BufferObject *buffer_alloc_object(PyTypeObject *type, const buffer_args *a);
 
 int unpack_arguments(const char *funcname, PyObject *const *args,
                      Py_ssize_t nargs, PyObject *kwnames,
