@@ -60,6 +60,24 @@ def usable_allocators() -> List[str]:
         names.append(name)
     return names
 
+
+def host_allocators() -> List[str]:
+    """The usable allocators whose memory the host can read and write:
+    all of them but CudaDevice, whose memory is on the GPU (it is usable,
+    and so in this list's way, only where a GPU is)."""
+    names = []
+    for name in usable_allocators():
+        buf = Buffer(16, 1, allocator=name)
+        try:
+            memoryview(buf).release()
+        except BufferError:
+            continue
+        finally:
+            buf.release()
+        names.append(name)
+    return names
+
+
 ALLOCATOR_CHOICES: List[Tuple[str, Dict[str, Any]]] = [
     (name, options) for name, option_sets in ALLOCATORS.items() for options in option_sets
 ]

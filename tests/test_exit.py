@@ -207,7 +207,7 @@ def test_many_pinned_at_exit():
 # in shutdown, and each writes its own tag: a tag seen twice is a stub run
 # twice.
 
-from surface import EXIT_EXPORTS, EXIT_PRELUDE, usable_allocators  # noqa: E402
+from surface import EXIT_EXPORTS, EXIT_PRELUDE, host_allocators  # noqa: E402
 
 EXIT_TIMEOUT = 60
 CRASH_MARKERS = ("Fatal Python error", "Segmentation fault", "double free", "AddressSanitizer",
@@ -247,11 +247,14 @@ def run_exit_scenario(code, expect_rc=0):
     return set(tags), proc.stdout.splitlines(), proc.stderr
 
 
+@pytest.mark.parametrize("gpu", [False, True], ids=["no GPU", "GPU (fake driver)"])
 @pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "not pinned"])
 @pytest.mark.parametrize("export", list(EXIT_EXPORTS))
-def test_exported_buffer_alive_at_exit(export, pinned):
+def test_exported_buffer_alive_at_exit(export, pinned, gpu, request):
+    if gpu:   # the child inherits MEMMANAGER_CUDA_LIBRARY: CudaHost, CudaManaged join in
+        request.getfixturevalue("fake_cuda")
     code = f"""
-    for allocator in {usable_allocators()!r}:
+    for allocator in {host_allocators()!r}:
         b = Buffer(16, 1, allocator=allocator, init_value=1, delayed_gc={pinned},
                    death_stub=tagged("stub:" + allocator))
         globals()["held_" + allocator] = {EXIT_EXPORTS[export].format(b="b")}
@@ -261,7 +264,7 @@ def test_exported_buffer_alive_at_exit(export, pinned):
     tags, out, err = run_exit_scenario(code)
     assert out[0] == "end"
     if pinned:   # released by the exit hook: each stub ran, exactly once
-        assert tags == {"stub:" + a for a in usable_allocators()}
+        assert tags == {"stub:" + a for a in host_allocators()}
 
 
 def test_buffers_in_module_globals_and_cycles_at_exit():
