@@ -191,7 +191,9 @@ static int register_builtin(mm_state *st, const char *name,
                                ops == &mm_aligned_ops || ops == &mm_shm_ops);
     alloc->guarded = st->debug && (vtable == &mm_cmalloc_vtable ||
                                    ops == &mm_aligned_ops || ops == &mm_mmap_ops);
-    int rc = PyDict_SetItemString(st->allocators, name, (PyObject *)alloc);
+    PyObject *key = PyUnicode_InternFromString(name);
+    int rc = key == NULL ? -1 : allocator_registry_set(st, key, alloc);
+    Py_XDECREF(key);
     Py_DECREF(alloc);
     return rc;
 }
@@ -212,6 +214,26 @@ int allocator_register_builtins(mm_state *st)
     return 0;
 }
 
+/* Every change to the name -> allocator dict goes through here, so that
+ * allocator_lookup's memory of the last name never outlives it. */
+int allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc)
+{
+    Py_CLEAR(st->last_allocator_name);
+    st->last_allocator = NULL;
+    return PyDict_SetItem(st->allocators, name, (PyObject *)alloc);
+}
+
+void allocator_registry_clear(mm_state *st)
+{
+    Py_CLEAR(st->last_allocator_name);
+    st->last_allocator = NULL;
+    Py_CLEAR(st->allocators);
+}
+
+/* The allocator registered under name (NULL: the default), borrowed.
+ * Callers pass the same str object again and again (a constant of their
+ * code), so the last name found is remembered and matched by identity.
+ * Only an exact str is remembered: a subclass could define __eq__. */
 AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
 {
     if (st->allocators == NULL) {
@@ -222,17 +244,27 @@ AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
     if (name == NULL) {
         return (AllocatorObject *)st->default_allocator;
     }
+    if (name == st->last_allocator_name) {
+        return (AllocatorObject *)st->last_allocator;
+    }
     if (!PyUnicode_Check(name)) {
         PyErr_Format(PyExc_TypeError, "allocator must be a str, not %.100s",
                      Py_TYPE(name)->tp_name);
         return NULL;
     }
     PyObject *alloc = PyDict_GetItemWithError(st->allocators, name);
-    if (alloc == NULL && !PyErr_Occurred()) {
-        PyErr_Format(st->UnknownAllocatorError,
-                     "Allocator %U does not exist.", name);
+    if (alloc == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(st->UnknownAllocatorError,
+                         "Allocator %U does not exist.", name);
+        }
+        return NULL;
     }
-    return (AllocatorObject *)alloc;  /* borrowed */
+    if (PyUnicode_CheckExact(name)) {   /* dropping an exact str runs no code */
+        Py_XSETREF(st->last_allocator_name, Py_NewRef(name));
+        st->last_allocator = alloc;
+    }
+    return (AllocatorObject *)alloc;
 }
 
 /* ------------------------------------------------------------------ */

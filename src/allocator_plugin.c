@@ -229,7 +229,7 @@ PyObject *allocator_register_plugin(mm_state *st, PyObject *name, PyObject *impl
         return NULL;
     }
     alloc->is_plugin = 1;
-    if (PyDict_SetItem(st->allocators, name, (PyObject *)alloc) < 0) {
+    if (allocator_registry_set(st, name, alloc) < 0) {
         Py_DECREF(alloc);
         return NULL;
     }

@@ -383,11 +383,11 @@ done:
 }
 
 /* What PyType_FromModuleAndSpec cannot express: vectorcall construction
- * and the cached class methods. */
-int buffer_finish_type(mm_state *st, PyTypeObject *type)
+ * and the class methods bound to the class (class_methods.c). */
+int buffer_finish_type(PyTypeObject *type)
 {
     type->tp_vectorcall = buffer_vectorcall;
-    return install_cached_classmethods(st, type, buffer_class_methods);
+    return install_class_methods(type, buffer_class_methods);
 }
 
 /* ------------------------------------------------------------------ */
@@ -639,11 +639,16 @@ static PyMethodDef buffer_methods[] = {
     {"__enter__", buffer_enter, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
     {"__exit__", (PyCFunction)(void (*)(void))buffer_exit, METH_FASTCALL,
      "__exit__($self, *exc_info)\n--\n\nRelease the buffer."},
+    {"__init_subclass__", (PyCFunction)(void (*)(void))buffer_init_subclass,
+     METH_CLASS | METH_VARARGS | METH_KEYWORDS,
+     "__init_subclass__($cls, /, **kwargs)\n--\n\n"
+     "Binds consume, attach and get_delayed_gc_objects to the new subclass."},
     {NULL},
 };
 
-/* Class methods, installed as cached_classmethod descriptors (no bound
- * method object per lookup on Buffer itself). */
+/* Class methods, stored bound to Buffer and to each subclass in its own
+ * __dict__ (class_methods.c): no bound method object per lookup, and a
+ * lookup the interpreter can specialise. */
 PyMethodDef buffer_class_methods[] = {
     {"get_delayed_gc_objects", method_get_delayed_gc_objects, METH_NOARGS,
      "get_delayed_gc_objects($cls, /)\n--\n\nIdentifiers of the pinned buffers."},

@@ -70,15 +70,26 @@ int unpack_arguments(const char *funcname, PyObject *const *args,
 /* Sizes                                                               */
 /* ------------------------------------------------------------------ */
 
+/* The common case, an int >= 1, with no conversion: 1 and *out set;
+ * else 0 and no error set. */
+static inline int positive_int(PyObject *obj, Py_ssize_t *out)
+{
+    if (!PyLong_CheckExact(obj)) {
+        return 0;
+    }
+    Py_ssize_t value = PyLong_AsSsize_t(obj);
+    if (value >= 1) {
+        *out = value;
+        return 1;
+    }
+    PyErr_Clear();
+    return 0;
+}
+
 int parse_size(PyObject *obj, const char *what, Py_ssize_t *out)
 {
-    if (PyLong_CheckExact(obj)) {       /* the common case, no conversion */
-        Py_ssize_t value = PyLong_AsSsize_t(obj);
-        if (value >= 1) {
-            *out = value;
-            return 0;
-        }
-        PyErr_Clear();   /* fall through for the precise error */
+    if (positive_int(obj, out)) {
+        return 0;
     }
     if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s",
@@ -109,11 +120,14 @@ int parse_size(PyObject *obj, const char *what, Py_ssize_t *out)
 
 int parse_sizes(PyObject *n_obj, PyObject *s_obj, buffer_args *a)
 {
-    if (parse_size(n_obj, "num_items", &a->num_items) < 0 ||
-        parse_size(s_obj, "item_size", &a->item_size) < 0) {
+    if ((!positive_int(n_obj, &a->num_items) &&
+         parse_size(n_obj, "num_items", &a->num_items) < 0) ||
+        (!positive_int(s_obj, &a->item_size) &&
+         parse_size(s_obj, "item_size", &a->item_size) < 0)) {
         return -1;
     }
-    if (a->num_items > PY_SSIZE_T_MAX / a->item_size) {
+    Py_ssize_t nbytes;
+    if (mm_mul_overflow(a->num_items, a->item_size, &nbytes)) {
         PyErr_Format(PyExc_OverflowError,
                      "num_items * item_size (%zd * %zd) does not fit in memory sizes",
                      a->num_items, a->item_size);
@@ -234,7 +248,13 @@ int parse_init_value(PyObject *value, int *init_byte)
 
 int parse_flag(PyObject *value, int default_value)
 {
-    return value == NULL ? default_value : PyObject_IsTrue(value);
+    if (value == NULL) {
+        return default_value;
+    }
+    if (value == Py_False || value == Py_True) {   /* no call for the usual case */
+        return value == Py_True;
+    }
+    return PyObject_IsTrue(value);
 }
 
 /* Known option names: where the interned name lives in the module state,
@@ -260,22 +280,39 @@ static PyObject *known_name(mm_state *st, size_t i)
     return *(PyObject **)((char *)st + known_options[i].name_offset);
 }
 
-/* The slot of a known option name.  Keyword names are interned, so the
- * identity test almost always decides; equal but distinct strings (from a
- * mapping built at run time) take the slower comparison. */
-static PyObject **known_slot(mm_state *st, buffer_args *a, PyObject *key,
-                             int consume_keys)
+/* The index in known_options of a str key; -1: not a known name, so an
+ * allocator option.  Keyword names are interned, so the identity test
+ * almost always decides; equal but distinct strings (from a mapping built
+ * at run time) take the slower comparison, which runs no Python code. */
+static int known_index(mm_state *st, PyObject *key, int consume_keys)
 {
-    size_t count = consume_keys ? CONSUME_OPTION_COUNT : CONSTRUCTOR_OPTION_COUNT;
-    size_t i;
-    for (i = 0; i < count && key != known_name(st, i); i++) {
-    }
-    if (i == count) {
-        for (i = 0; i < count && PyUnicode_Compare(key, known_name(st, i)) != 0; i++) {
+    int count = consume_keys ? (int)CONSUME_OPTION_COUNT : CONSTRUCTOR_OPTION_COUNT;
+    for (int i = 0; i < count; i++) {
+        if (key == known_name(st, (size_t)i)) {
+            return i;
         }
     }
-    return i == count ? NULL
-                      : (PyObject **)((char *)a + known_options[i].slot_offset);
+    for (int i = 0; i < count; i++) {
+        if (PyUnicode_Compare(key, known_name(st, (size_t)i)) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* Stores value (borrowed) under the option known_options[index], or,
+ * for index -1, under key in the allocator options.  Runs no Python code
+ * unless key is a str subclass with its own __hash__ or __eq__. */
+static int store_option(buffer_args *a, int index, PyObject *key, PyObject *value)
+{
+    if (index >= 0) {
+        *(PyObject **)((char *)a + known_options[index].slot_offset) = value;
+        return 0;
+    }
+    if (a->extra == NULL && (a->extra = PyDict_New()) == NULL) {
+        return -1;
+    }
+    return PyDict_SetItem(a->extra, key, value);
 }
 
 static int assign_option(mm_state *st, buffer_args *a, PyObject *key,
@@ -286,15 +323,64 @@ static int assign_option(mm_state *st, buffer_args *a, PyObject *key,
                      Py_TYPE(key)->tp_name);
         return -1;
     }
-    PyObject **slot = known_slot(st, a, key, consume_keys);
-    if (slot != NULL) {
-        Py_XSETREF(*slot, Py_NewRef(value));
+    return store_option(a, known_index(st, key, consume_keys), key, value);
+}
+
+/* The known_options index of each keyword name, into out: from the cache
+ * when kwnames is the tuple seen last, else worked out and remembered.
+ * 0: out is filled; -1: kwnames is not cacheable (too many names, or one
+ * that is not an exact str), and the caller assigns name by name.  Only
+ * tuples of exact strs are kept, so dropping one runs no Python code. */
+static int kwnames_options(mm_state *st, PyObject *kwnames, int consume_keys,
+                           signed char *out)
+{
+    mm_kwnames_cache *cache = &st->kwnames_cache[consume_keys];
+    Py_ssize_t n = PyTuple_GET_SIZE(kwnames);
+    if (kwnames == cache->names) {
+        memcpy(out, cache->option, MM_KWNAMES_CACHED);   /* one 8-byte move */
         return 0;
     }
-    if (a->extra == NULL && (a->extra = PyDict_New()) == NULL) {
+    if (n > MM_KWNAMES_CACHED) {
         return -1;
     }
-    return PyDict_SetItem(a->extra, key, value);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (!PyUnicode_CheckExact(key)) {
+            return -1;
+        }
+        out[i] = (signed char)known_index(st, key, consume_keys);
+    }
+    memcpy(cache->option, out, (size_t)n);
+    Py_XSETREF(cache->names, Py_NewRef(kwnames));
+    return 0;
+}
+
+void buffer_args_forget_kwnames(mm_state *st)
+{
+    Py_CLEAR(st->kwnames_cache[0].names);
+    Py_CLEAR(st->kwnames_cache[1].names);
+}
+
+static int assign_keywords(mm_state *st, buffer_args *a, PyObject *const *kwvalues,
+                           PyObject *kwnames, int consume_keys)
+{
+    signed char option[MM_KWNAMES_CACHED];
+    Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+    if (kwnames_options(st, kwnames, consume_keys, option) < 0) {
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            if (assign_option(st, a, PyTuple_GET_ITEM(kwnames, i), kwvalues[i],
+                              consume_keys) < 0) {
+                return -1;
+            }
+        }
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (store_option(a, option[i], PyTuple_GET_ITEM(kwnames, i), kwvalues[i]) < 0) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int assign_mapping(mm_state *st, buffer_args *a, PyObject *options,
@@ -317,26 +403,24 @@ static int assign_mapping(mm_state *st, buffer_args *a, PyObject *options,
                      Py_TYPE(options)->tp_name);
         return -1;
     }
-    PyObject *items = PyMapping_Items(options);
-    if (items == NULL) {
+    /* The list of pairs stays until buffer_args_clear: the options point
+     * into it.  Only this code holds it, so nothing can change it. */
+    a->items = PyMapping_Items(options);
+    if (a->items == NULL) {
         return -1;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
-        PyObject *pair = PyList_GET_ITEM(items, i);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(a->items); i++) {
+        PyObject *pair = PyList_GET_ITEM(a->items, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
             PyErr_SetString(PyExc_TypeError, "options.items() must yield pairs");
-            goto error;
+            return -1;
         }
         if (assign_option(st, a, PyTuple_GET_ITEM(pair, 0),
                           PyTuple_GET_ITEM(pair, 1), consume_keys) < 0) {
-            goto error;
+            return -1;
         }
     }
-    Py_DECREF(items);
     return 0;
-error:
-    Py_DECREF(items);
-    return -1;
 }
 
 int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
@@ -346,15 +430,12 @@ int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
         assign_mapping(st, a, options, accept_consume_keys) < 0) {
         return -1;
     }
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        if (assign_option(st, a, PyTuple_GET_ITEM(kwnames, i), kwvalues[i],
-                          accept_consume_keys) < 0) {
-            return -1;
-        }
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0 &&
+        assign_keywords(st, a, kwvalues, kwnames, accept_consume_keys != 0) < 0) {
+        return -1;
     }
     if (a->death_stub == Py_None) {
-        Py_CLEAR(a->death_stub);
+        a->death_stub = NULL;
     }
     if (a->death_stub != NULL && !PyCallable_Check(a->death_stub)) {
         PyErr_Format(PyExc_TypeError,
@@ -367,12 +448,8 @@ int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
 
 void buffer_args_clear(buffer_args *a)
 {
-    Py_CLEAR(a->allocator);
-    Py_CLEAR(a->init_value);
-    Py_CLEAR(a->death_stub);
-    Py_CLEAR(a->delayed_gc);
-    Py_CLEAR(a->copy);
-    Py_CLEAR(a->readonly);
-    Py_CLEAR(a->owner);
+    a->allocator = a->init_value = a->death_stub = a->delayed_gc = NULL;
+    a->copy = a->readonly = a->owner = NULL;
+    Py_CLEAR(a->items);
     Py_CLEAR(a->extra);
 }

@@ -34,6 +34,18 @@ typedef struct {
 
 static int address_from_int(PyObject *value, uintptr_t *out)
 {
+#if SIZEOF_VOID_P <= SIZEOF_LONG
+    /* The common case: one conversion (the unsigned long one walks the
+     * digits; the long long one goes through a byte array). */
+    if (PyLong_CheckExact(value)) {
+        unsigned long address = PyLong_AsUnsignedLong(value);
+        if (address != 0 && (address != (unsigned long)-1 || !PyErr_Occurred())) {
+            *out = (uintptr_t)address;
+            return 0;
+        }
+        PyErr_Clear();   /* negative, zero or too large: the precise error below */
+    }
+#endif
     if (PyBool_Check(value) || !PyLong_Check(value)) {
         PyErr_Format(PyExc_TypeError, "an address must be an int, not %.100s",
                      Py_TYPE(value)->tp_name);
@@ -402,15 +414,16 @@ static PyObject *consume_with_plugin(mm_state *st, PyTypeObject *cls,
 /* Entry point                                                         */
 /* ------------------------------------------------------------------ */
 
-/* A new reference: adoption can run Python code (an exporter, a plug-in),
- * which could re-register the name and drop the registry's reference. */
-static AllocatorObject *consume_allocator(mm_state *st, buffer_args *a, int is_address)
+/* The allocator named by allocator=, or NULL (and no error) when none
+ * was named: the source decides then.  A new reference: adoption can run
+ * Python code (an exporter, a plug-in), which could re-register the name
+ * and drop the registry's reference. */
+static AllocatorObject *named_allocator(mm_state *st, buffer_args *a)
 {
-    if (a->allocator != NULL && a->allocator != Py_None) {
-        return (AllocatorObject *)Py_XNewRef(allocator_lookup(st, a->allocator));
+    if (a->allocator == NULL || a->allocator == Py_None) {
+        return NULL;
     }
-    return (AllocatorObject *)Py_NewRef(is_address ? st->cmalloc_allocator
-                                                   : st->default_allocator);
+    return (AllocatorObject *)Py_XNewRef(allocator_lookup(st, a->allocator));
 }
 
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
@@ -444,17 +457,14 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
                         "consume() takes no init_value: adopted memory keeps its contents");
         goto done;
     }
-    if (a.allocator != NULL && a.allocator != Py_None) {
-        alloc = consume_allocator(st, &a, 0);
-        if (alloc == NULL) {
-            goto done;
-        }
-        if (alloc->ops->consume != NULL) {
-            result = consume_with_plugin(st, (PyTypeObject *)cls, source, &a,
-                                         alloc, copy, delayed_gc);
-            goto done;
-        }
-        Py_CLEAR(alloc);
+    alloc = named_allocator(st, &a);
+    if (alloc == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    if (alloc != NULL && alloc->ops->consume != NULL) {
+        result = consume_with_plugin(st, (PyTypeObject *)cls, source, &a,
+                                     alloc, copy, delayed_gc);
+        goto done;
     }
     int kind = recognise_address(st, source, &src);
     if (kind < 0) {
@@ -467,9 +477,9 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
                      "not %.100s", Py_TYPE(source)->tp_name);
         goto done;
     }
-    alloc = consume_allocator(st, &a, kind == 1);
     if (alloc == NULL) {
-        goto done;
+        alloc = (AllocatorObject *)Py_NewRef(kind == 1 ? st->cmalloc_allocator
+                                                       : st->default_allocator);
     }
     result = kind == 1
         ? consume_address(st, (PyTypeObject *)cls, &src, &a, alloc, copy, delayed_gc)

@@ -206,7 +206,9 @@ static int register_one(mm_state *st, mm_cuda_driver *d, int which, int memory_k
     }
     alloc->device_hooks = &cuda_hooks;
     alloc->memory_kind = memory_kind;
-    int rc = PyDict_SetItemString(st->allocators, vtable->name, (PyObject *)alloc);
+    PyObject *name = PyUnicode_InternFromString(vtable->name);
+    int rc = name == NULL ? -1 : allocator_registry_set(st, name, alloc);
+    Py_XDECREF(name);
     Py_DECREF(alloc);
     return rc;
 }

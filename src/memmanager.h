@@ -25,8 +25,8 @@
  *   region_registry.c  the process-wide live-region registry and stats
  *   delayed_gc.c       pinning (delayed GC), collect_delayed, exit release
  *   consume.c          Buffer.consume: adopting memory that exists already
- *   cached_classmethod.c  a classmethod descriptor that allocates nothing
- *                      when looked up on its own class
+ *   class_methods.c    Buffer.consume/attach/get_delayed_gc_objects, bound
+ *                      to each class in its own __dict__ (__init_subclass__)
  *   views.c            the per-buffer store of named views and its GC support
  *   dlpack.c           DLPack export for every exporter (request parsing and
  *                      rules, capsules, deleters); Buffer.__dlpack__
@@ -63,6 +63,20 @@
 #define MM_UNLIKELY(x) (x)
 #endif
 
+/* a * b for non-negative sizes: 1 when it overflows Py_ssize_t. */
+static inline int mm_mul_overflow(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *product)
+{
+#if defined(__GNUC__)
+    return __builtin_mul_overflow(a, b, product);
+#else
+    if (b != 0 && a > PY_SSIZE_T_MAX / b) {
+        return 1;
+    }
+    *product = a * b;
+    return 0;
+#endif
+}
+
 /* What malloc guarantees: the alignment of a request that asks for none. */
 #define MM_DEFAULT_ALIGNMENT ((size_t)16)
 
@@ -73,10 +87,18 @@
 /* Module state                                                        */
 /* ------------------------------------------------------------------ */
 
+/* Which option each keyword of a call names, remembered for the tuple of
+ * keyword names (buffer_args.c): a call site passes the same tuple, a
+ * constant of its code, every time. */
+#define MM_KWNAMES_CACHED 8
+typedef struct {
+    PyObject *names;                      /* strong, or NULL */
+    signed char option[MM_KWNAMES_CACHED]; /* known option index; -1: extra */
+} mm_kwnames_cache;
+
 typedef struct {
     PyTypeObject *buffer_type;
     PyTypeObject *allocator_type;
-    PyTypeObject *cached_classmethod_type;
     PyTypeObject *view_entry_type; /* views.c: one stored view */
     PyObject *allocators;      /* dict: name -> AllocatorObject */
     PyObject *default_allocator; /* the PyAlloc AllocatorObject */
@@ -97,6 +119,14 @@ typedef struct {
     PyObject *str_owner;
     PyTypeObject *device_view_type;
     PyObject *cuda_driver;     /* capsule: the CUDA loader, loaded at first use */
+    /* allocator_lookup's memory of the last name it found (strong) and
+     * what it named (borrowed from `allocators`); forgotten by every
+     * change to `allocators` (allocator_registry_set). */
+    PyObject *last_allocator_name;
+    PyObject *last_allocator;
+    /* parse_options' memory of the last keyword-name tuple, one for the
+     * constructor's names and one for consume()'s (buffer_args.c). */
+    mm_kwnames_cache kwnames_cache[2];
     int debug;                 /* MEMMANAGER_DEBUG was set at import */
 } mm_state;
 
@@ -220,6 +250,8 @@ AllocatorObject *allocator_new(mm_state *st, const char *name,
                                PyObject *keeper);
 int allocator_register_builtins(mm_state *st);
 AllocatorObject *allocator_lookup(mm_state *st, PyObject *name);
+int allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc);
+void allocator_registry_clear(mm_state *st);
 int allocator_check_options(AllocatorObject *alloc, PyObject *options);
 int allocator_refuse_options(AllocatorObject *alloc, PyObject *options,
                              mm_request *req);
@@ -317,7 +349,7 @@ extern PyType_Spec buffer_type_spec;
 /* buffer.c */
 PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
-int buffer_finish_type(mm_state *st, PyTypeObject *type);
+int buffer_finish_type(PyTypeObject *type);
 extern PyMethodDef buffer_class_methods[];
 int buffer_register_region(mm_state *st, BufferObject *self);
 void buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
@@ -336,7 +368,10 @@ void buffer_run_death_stub(BufferObject *self);
 typedef struct {
     Py_ssize_t num_items;
     Py_ssize_t item_size;
-    /* Strong references (NULL: not given), released by buffer_args_clear. */
+    /* Borrowed (NULL: not given), valid until buffer_args_clear: each is
+     * one of the caller's arguments, which outlive the call, or a value
+     * of the options mapping, held by `items`.  Whoever keeps one takes
+     * its own reference. */
     PyObject *allocator;      /* name */
     PyObject *init_value;
     PyObject *death_stub;     /* None is stored as NULL */
@@ -344,6 +379,8 @@ typedef struct {
     PyObject *copy;           /* consume only */
     PyObject *readonly;       /* consume only */
     PyObject *owner;          /* consume only */
+    /* Strong, released by buffer_args_clear. */
+    PyObject *items;          /* list: the options mapping's items, or NULL */
     PyObject *extra;          /* dict of the remaining (allocator) options */
 } buffer_args;
 
@@ -361,6 +398,7 @@ int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
                   PyObject *kwnames, int accept_consume_keys, buffer_args *a);
 int parse_flag(PyObject *value, int default_value);
 void buffer_args_clear(buffer_args *a);
+void buffer_args_forget_kwnames(mm_state *st);   /* at module clear */
 
 /* buffer_access.c */
 int buffer_getbuffer(PyObject *op, Py_buffer *view, int flags);
@@ -381,9 +419,10 @@ PyObject *delayed_gc_identifiers(mm_state *st);
 PyObject *delayed_gc_collect(mm_state *st, PyObject *identifiers);
 PyObject *delayed_gc_release_all(mm_state *st);
 
-/* cached_classmethod.c */
-extern PyType_Spec cached_classmethod_spec;
-int install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *defs);
+/* class_methods.c */
+extern PyMethodDef buffer_class_methods[];   /* buffer.c */
+int install_class_methods(PyTypeObject *owner, PyMethodDef *defs);
+PyObject *buffer_init_subclass(PyObject *cls, PyObject *args, PyObject *kwargs);
 
 /* consume.c */
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,

@@ -122,6 +122,88 @@ def test_bad_options_mapping(opts, registry_unchanged):
 
 
 # --------------------------------------------------------------------------
+# What the parser remembers between calls (buffer_args.c, allocator.c): the
+# option of each keyword name, per tuple of names, and the last allocator
+# name.  Each call must still read its own arguments.
+
+def test_call_sites_with_different_keywords_take_turns(make_buffer):
+    for _ in range(3):
+        a = Buffer(2, 1, init_value=5)
+        b = Buffer(2, 1, allocator="CMalloc", init_value=6)
+        c = Buffer(2, 1, init_value=7, allocator="PyAlloc")
+        d = Buffer(2, 1, allocator="CMalloc", init_value=6, delayed_gc=False)
+        assert (bytes(a), a.allocator) == (b"\x05\x05", "PyAlloc")
+        assert (bytes(b), b.allocator) == (b"\x06\x06", "CMalloc")
+        assert (bytes(c), c.allocator) == (b"\x07\x07", "PyAlloc")
+        assert (bytes(d), d.allocator, d.delayed_gc) == (b"\x06\x06", "CMalloc", False)
+        for buf in (a, b, c, d):
+            buf.release()
+
+
+def test_keywords_built_at_run_time(make_buffer):
+    for value, allocator in [(1, "CMalloc"), (2, "PyAlloc"), (3, "CMalloc")]:
+        kwargs = {"init_value": value, "allocator": allocator}   # a new tuple of names
+        buf = make_buffer(2, 1, **kwargs)
+        assert (bytes(buf), buf.allocator) == (bytes([value]) * 2, allocator)
+
+
+def test_str_subclass_keyword_names(make_buffer):
+    class Name(str):
+        pass
+
+    buf = make_buffer(2, 1, **{Name("init_value"): 3, Name("allocator"): Name("CMalloc")})
+    assert (bytes(buf), buf.allocator) == (b"\x03\x03", "CMalloc")
+
+
+def test_more_keywords_than_are_remembered(registry_unchanged):
+    """Nine names: past what is remembered per tuple, parsed one by one;
+    the known ones are still known, the rest go to the allocator."""
+    extra = {f"x{i}": i for i in range(5)}
+    with registry_unchanged():
+        with pytest.raises(TypeError, match="CMalloc.*takes no option 'x0'"):
+            Buffer(2, 1, allocator="CMalloc", init_value=1, delayed_gc=False,
+                   death_stub=None, **extra)
+
+
+def test_allocator_name_equal_but_not_identical(make_buffer):
+    constant = "CMalloc"
+    name = "".join(["CMal", "loc"])      # equal to the constant, another object
+    assert name == constant and name is not constant
+    assert make_buffer(2, 1, allocator="CMalloc").allocator == "CMalloc"
+    assert make_buffer(2, 1, allocator=name).allocator == "CMalloc"
+    assert make_buffer(2, 1, allocator="PyAlloc").allocator == "PyAlloc"
+
+
+def test_allocator_str_subclass_name(make_buffer):
+    class Name(str):
+        pass
+
+    assert make_buffer(2, 1, allocator=Name("CMalloc")).allocator == "CMalloc"
+    with pytest.raises(memmanager.UnknownAllocatorError):
+        Buffer(2, 1, allocator=Name("NoSuch"))
+
+
+def test_mapping_values_outlive_a_mapping_emptied_during_the_call():
+    """Code the call runs (a __bool__) may empty the options mapping and
+    drop the last reference to a value already read: the call keeps it."""
+    seen = []
+
+    class Emptier:
+        def __bool__(self):
+            opts.clear()
+            gc.collect()
+            return False
+
+    opts = {"death_stub": lambda info: seen.append(info["buffer_size"]),
+            "delayed_gc": Emptier()}
+    buf = Buffer(3, 1, opts)
+    assert opts == {}
+    del buf
+    gc.collect()
+    assert seen == [3]
+
+
+# --------------------------------------------------------------------------
 # bad sizes
 
 @pytest.mark.parametrize(
@@ -426,6 +508,68 @@ def test_subclass_with_init(make_buffer):
         assert buf.nbytes == 4
     finally:
         buf.release()
+
+
+def test_class_methods_bind_the_subclass():
+    """Sub.consume makes a Sub: each class has the class methods bound to
+    itself, as plain callables in its own __dict__ (no descriptor, so the
+    interpreter can cache the lookup)."""
+    class Sub(Buffer):
+        pass
+
+    class SubSub(Sub):
+        pass
+
+    source = bytearray(8)
+    for cls in (Buffer, Sub, SubSub):
+        for name in ("consume", "attach", "get_delayed_gc_objects"):
+            entry = vars(cls)[name]
+            assert entry.__self__ is cls
+            assert not hasattr(type(entry), "__get__")
+        buf = cls.consume(source, 8, 1, delayed_gc=False)
+        assert type(buf) is cls
+        assert buf.consume.__self__ is cls        # through an instance too
+        buf.release()
+    shared = Sub(16, 1, allocator="SharedMemory")
+    try:
+        attached = SubSub.attach(shared.name, 16, 1)
+        assert type(attached) is SubSub
+        attached.release()
+    finally:
+        shared.release()
+
+
+def test_subclass_override_of_a_class_method_is_kept():
+    class Own(Buffer):
+        @classmethod
+        def consume(cls, source, num_items, item_size, **options):
+            return ("own", cls)
+
+    class Child(Own):
+        pass
+
+    assert Own.consume(b"", 1, 1) == ("own", Own)
+    assert Child.consume(b"", 1, 1) == ("own", Child)
+    assert vars(Child).get("consume") is None
+    assert vars(Child)["attach"].__self__ is Child
+
+
+def test_init_subclass_keywords_reach_the_next_class():
+    seen = []
+
+    class Mixin:
+        def __init_subclass__(cls, tag=None, **kwargs):
+            super().__init_subclass__(**kwargs)
+            seen.append((cls.__name__, tag))
+
+    class Tagged(Buffer, Mixin, tag="t"):
+        pass
+
+    assert seen == [("Tagged", "t")]
+    assert Tagged.consume.__self__ is Tagged
+    with pytest.raises(TypeError):
+        class Refused(Buffer, tag="x"):   # object.__init_subclass__ takes none
+            pass
 
 
 def test_weakref(make_buffer):
