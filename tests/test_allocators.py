@@ -213,6 +213,22 @@ def test_mmap_hugepage_advice_is_on_this_mapping_only():
     assert "hg" not in (smaps_field(plain.address, "VmFlags") or "").split()
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+@pytest.mark.parametrize("allocator", ["PyAlloc", "CMalloc", "Aligned"])
+def test_large_fill_advises_huge_pages_to_the_blocks_end(allocator):
+    """A large byte-filled block from malloc asks for huge pages up to the
+    end of its last page, partial or not (as NumPy does): without the last
+    page the 2 MiB extent that ends there cannot be a huge page."""
+    buf = Buffer((8 << 20) + 100, 1, allocator=allocator, init_value=1)
+    try:
+        first_whole_page = (buf.address + PAGE - 1) // PAGE * PAGE
+        last_byte = buf.address + buf.nbytes - 1
+        for address in (first_whole_page, last_byte):
+            assert "hg" in (smaps_field(address, "VmFlags") or "").split(), hex(address)
+    finally:
+        buf.release()
+
+
 def test_mmap_populate_faults_pages_in():
     size = 32 << 20
     gc.collect()
