@@ -42,10 +42,7 @@
  * of touched pages); allocation itself is at most one quick mmap. */
 #define RELEASE_GIL_THRESHOLD ((size_t)1 << 20)
 
-/* From this size on, blocks of the built-in heap allocators are advised to
- * use transparent huge pages: one fault per 2 MiB instead of per 4 KiB,
- * which is most of the cost of touching a fresh 64 MiB block. */
-#define HUGEPAGE_THRESHOLD ((size_t)4 << 20)
+#define HUGEPAGE_THRESHOLD MM_HUGEPAGE_THRESHOLD
 
 /* Keeps the rare paths out of the hot functions' instruction stream. */
 #if defined(__GNUC__)

@@ -75,9 +75,13 @@ static int aligned_allocate(AllocatorObject *self, const mm_request *req,
         out->cookie = ALIGNED_MAPPED;
     }
     else {
-        /* posix_memalign wants a multiple of sizeof(void *). */
+        /* posix_memalign wants a multiple of sizeof(void *); large blocks
+         * start on a huge-page boundary (memmanager.h). */
         size_t alignment = req->alignment < sizeof(void *) ? sizeof(void *)
                                                            : req->alignment;
+        if (size >= MM_HUGEPAGE_THRESHOLD && alignment < MM_HUGEPAGE_SIZE) {
+            alignment = MM_HUGEPAGE_SIZE;
+        }
         if (posix_memalign(&ptr, alignment, size == 0 ? 1 : size) != 0) {
             ptr = NULL;
         }

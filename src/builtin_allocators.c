@@ -6,6 +6,14 @@
  *
  * They are written against the same public MemManagerAllocator struct a
  * third-party allocator uses, so nothing distinguishes them later on.
+ *
+ * Blocks of MM_HUGEPAGE_THRESHOLD and more start on a huge-page boundary
+ * (memmanager.h says why).  CMalloc asks posix_memalign, whose blocks
+ * free() and realloc() accept, so C code may still free them.  PyMem has
+ * no aligned call: PyAlloc takes MM_HUGEPAGE_SIZE more, starts the block
+ * at the first boundary past one pointer, and keeps what PyMem returned
+ * in that pointer, just below the block.  Which blocks are laid out so is
+ * decided by size alone, which free() is given.
  */
 #include "memmanager.h"
 
@@ -19,38 +27,61 @@
 
 /* PyAlloc: needs the GIL (allocator.c never releases it for PyAlloc). */
 
+static int is_huge(size_t size)
+{
+    return size >= MM_HUGEPAGE_THRESHOLD;
+}
+
+/* The block inside raw (from PyMem, size + MM_HUGEPAGE_SIZE bytes). */
+static void *pyalloc_align(void *raw)
+{
+    if (raw == NULL) {
+        return NULL;
+    }
+    uintptr_t block = ((uintptr_t)raw + sizeof(void *) + MM_HUGEPAGE_SIZE - 1) &
+                      ~(uintptr_t)(MM_HUGEPAGE_SIZE - 1);
+    ((void **)block)[-1] = raw;
+    return (void *)block;
+}
+
 static void *pyalloc_malloc(void *ctx, size_t size)
 {
     (void)ctx;
-    return PyMem_Malloc(size);
+    if (!is_huge(size)) {
+        return PyMem_Malloc(size);
+    }
+    return size > SIZE_MAX - MM_HUGEPAGE_SIZE
+           ? NULL : pyalloc_align(PyMem_Malloc(size + MM_HUGEPAGE_SIZE));
 }
 
 static void *pyalloc_calloc(void *ctx, size_t count, size_t size)
 {
     (void)ctx;
-    return PyMem_Calloc(count, size);
+    if (size != 0 && count > SIZE_MAX / size) {
+        return NULL;
+    }
+    size_t total = count * size;
+    if (!is_huge(total)) {
+        return PyMem_Calloc(count, size);
+    }
+    return total > SIZE_MAX - MM_HUGEPAGE_SIZE
+           ? NULL : pyalloc_align(PyMem_Calloc(total + MM_HUGEPAGE_SIZE, 1));
 }
 
 static void pyalloc_free(void *ctx, void *ptr, size_t size)
 {
     (void)ctx;
-    (void)size;
-    PyMem_Free(ptr);
+    PyMem_Free(ptr != NULL && is_huge(size) ? ((void **)ptr)[-1] : ptr);
 }
 
-static void *pyalloc_realloc(void *ctx, void *ptr, size_t old_size, size_t new_size)
-{
-    (void)ctx;
-    (void)old_size;
-    return PyMem_Realloc(ptr, new_size);
-}
+
 
 const MemManagerAllocator mm_pyalloc_vtable = {
     VTABLE_HEADER("PyAlloc"),
     .malloc = pyalloc_malloc,
     .calloc = pyalloc_calloc,
     .free = pyalloc_free,
-    .realloc = pyalloc_realloc,
+    .realloc = NULL,   /* PyAlloc never adopts an address (consume.c) */
 };
 
 /* CMalloc: thread-safe, callable without the GIL. */
@@ -58,7 +89,11 @@ const MemManagerAllocator mm_pyalloc_vtable = {
 static void *cmalloc_malloc(void *ctx, size_t size)
 {
     (void)ctx;
-    return malloc(size);
+    void *ptr = NULL;
+    if (!is_huge(size)) {
+        return malloc(size);
+    }
+    return posix_memalign(&ptr, MM_HUGEPAGE_SIZE, size) == 0 ? ptr : NULL;
 }
 
 static void *cmalloc_calloc(void *ctx, size_t count, size_t size)

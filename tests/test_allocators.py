@@ -93,6 +93,43 @@ def test_freed_exactly_once_and_traced(allocator):
         tracemalloc.stop()
 
 
+HUGE_PAGE = 2 << 20
+
+
+@pytest.mark.parametrize("allocator", ["PyAlloc", "CMalloc", "Aligned"])
+@pytest.mark.parametrize("init_value", [None, 7])
+def test_large_blocks_start_on_a_huge_page_boundary(allocator, init_value):
+    """From 4 MiB on, the heap allocators' blocks start on a 2 MiB boundary,
+    so every 2 MiB of them can be a huge page wherever malloc's mapping
+    lands (memmanager.h)."""
+    for size in (4 << 20, (9 << 20) + 3):
+        buf = Buffer(size, 1, allocator=allocator, init_value=init_value)
+        assert buf.address % HUGE_PAGE == 0
+        if init_value is not None:
+            assert buf[0] == buf[size - 1] == init_value
+        buf[size - 1] = 1           # the whole block is there
+        buf.release()
+    small = Buffer((4 << 20) - 1, 1, allocator=allocator)
+    small.release()
+
+
+def test_large_pyalloc_blocks_go_back_to_pymem():
+    """PyAlloc's large blocks carry PyMem's own pointer below them; freeing
+    by size gives PyMem back exactly what it handed out, zeroed or not."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for init_value in (None, 0, 7):
+            buffers = [Buffer(size, 1, init_value=init_value)
+                       for size in ((4 << 20) - 1, 4 << 20, 5 << 20)]
+            assert tracemalloc.get_traced_memory()[0] - before >= 3 * (4 << 20)
+            for buf in buffers:
+                buf.release()
+            assert tracemalloc.get_traced_memory()[0] - before < 64 << 10
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("allocator", ["Aligned", "Mmap", "SharedMemory"])
 def test_zero_fill_is_lazy(allocator):
     """init_value=0 gets the kernel's zero pages: no pass over the memory."""
