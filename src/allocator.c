@@ -213,17 +213,26 @@ int allocator_register_builtins(mm_state *st)
 
 /* Every change to the name -> allocator dict goes through here, so that
  * allocator_lookup's memory of the last name never outlives it. */
-int allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc)
+static void forget_last_lookup(mm_state *st)
 {
     Py_CLEAR(st->last_allocator_name);
     st->last_allocator = NULL;
-    return PyDict_SetItem(st->allocators, name, (PyObject *)alloc);
+}
+
+/* Forgotten after the change as well as before: a str subclass's __hash__
+ * or __eq__ runs inside PyDict_SetItem, and could look the old entry up
+ * (and be remembered) just before it is replaced and freed. */
+int allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc)
+{
+    forget_last_lookup(st);
+    int rc = PyDict_SetItem(st->allocators, name, (PyObject *)alloc);
+    forget_last_lookup(st);
+    return rc;
 }
 
 void allocator_registry_clear(mm_state *st)
 {
-    Py_CLEAR(st->last_allocator_name);
-    st->last_allocator = NULL;
+    forget_last_lookup(st);
     Py_CLEAR(st->allocators);
 }
 

@@ -351,43 +351,49 @@ static PyObject *buffer_vectorcall(PyObject *type, PyObject *const *args,
                          PyVectorcall_NARGS(nargsf), kwnames);
 }
 
-/* tp_new, used by subclasses (tp_vectorcall is not inherited). */
+/* tp_new, used by subclasses (tp_vectorcall is not inherited).  The
+ * keyword values are held here: buffer_create borrows its arguments, and
+ * the kwargs dict could be emptied by code that runs meanwhile. */
 static PyObject *buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
     Py_ssize_t nkw = kwargs ? PyDict_GET_SIZE(kwargs) : 0;
     PyObject **stack = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
     PyObject *kwnames = NULL, *result = NULL;
+    Py_ssize_t held = 0;
     if (stack == NULL) {
         return PyErr_NoMemory();
     }
     for (Py_ssize_t i = 0; i < nargs; i++) {
-        stack[i] = PyTuple_GET_ITEM(args, i);
+        stack[i] = PyTuple_GET_ITEM(args, i);   /* the tuple cannot change */
     }
     if (nkw > 0) {
         if ((kwnames = PyTuple_New(nkw)) == NULL) {
             goto done;
         }
         PyObject *key, *value;
-        Py_ssize_t pos = 0, k = 0;
-        while (PyDict_Next(kwargs, &pos, &key, &value)) {
-            PyTuple_SET_ITEM(kwnames, k, Py_NewRef(key));
-            stack[nargs + k++] = value;
+        Py_ssize_t pos = 0;
+        while (held < nkw && PyDict_Next(kwargs, &pos, &key, &value)) {
+            PyTuple_SET_ITEM(kwnames, held, Py_NewRef(key));
+            stack[nargs + held++] = Py_NewRef(value);
         }
     }
     result = buffer_create(type, stack, nargs, kwnames);
 done:
+    for (Py_ssize_t k = 0; k < held; k++) {
+        Py_DECREF(stack[nargs + k]);
+    }
     Py_XDECREF(kwnames);
     PyMem_Free(stack);
     return result;
 }
 
 /* What PyType_FromModuleAndSpec cannot express: vectorcall construction
- * and the class methods bound to the class (class_methods.c). */
-int buffer_finish_type(PyTypeObject *type)
+ * and the cached class methods. */
+int buffer_finish_type(mm_state *st, PyTypeObject *type)
 {
     type->tp_vectorcall = buffer_vectorcall;
-    return install_class_methods(type, buffer_class_methods);
+    return install_cached_classmethods(st, type, buffer_class_methods);
 }
 
 /* ------------------------------------------------------------------ */
@@ -639,16 +645,11 @@ static PyMethodDef buffer_methods[] = {
     {"__enter__", buffer_enter, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
     {"__exit__", (PyCFunction)(void (*)(void))buffer_exit, METH_FASTCALL,
      "__exit__($self, *exc_info)\n--\n\nRelease the buffer."},
-    {"__init_subclass__", (PyCFunction)(void (*)(void))buffer_init_subclass,
-     METH_CLASS | METH_VARARGS | METH_KEYWORDS,
-     "__init_subclass__($cls, /, **kwargs)\n--\n\n"
-     "Binds consume, attach and get_delayed_gc_objects to the new subclass."},
     {NULL},
 };
 
-/* Class methods, stored bound to Buffer and to each subclass in its own
- * __dict__ (class_methods.c): no bound method object per lookup, and a
- * lookup the interpreter can specialise. */
+/* Class methods, installed as cached_classmethod descriptors (no bound
+ * method object per lookup on Buffer itself). */
 PyMethodDef buffer_class_methods[] = {
     {"get_delayed_gc_objects", method_get_delayed_gc_objects, METH_NOARGS,
      "get_delayed_gc_objects($cls, /)\n--\n\nIdentifiers of the pinned buffers."},

@@ -404,10 +404,22 @@ static int assign_mapping(mm_state *st, buffer_args *a, PyObject *options,
         return -1;
     }
     /* The list of pairs stays until buffer_args_clear: the options point
-     * into it.  Only this code holds it, so nothing can change it. */
-    a->items = PyMapping_Items(options);
-    if (a->items == NULL) {
+     * into it.  It must be ours alone: a mapping's items() may hand out a
+     * list it keeps (and may empty, from code that runs before the options
+     * are used), so anything but dict's fresh list is copied. */
+    PyObject *items = PyMapping_Items(options);
+    if (items == NULL) {
         return -1;
+    }
+    if (PyDict_CheckExact(options)) {
+        a->items = items;
+    }
+    else {
+        a->items = PyList_GetSlice(items, 0, PyList_GET_SIZE(items));
+        Py_DECREF(items);
+        if (a->items == NULL) {
+            return -1;
+        }
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(a->items); i++) {
         PyObject *pair = PyList_GET_ITEM(a->items, i);

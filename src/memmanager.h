@@ -25,8 +25,8 @@
  *   region_registry.c  the process-wide live-region registry and stats
  *   delayed_gc.c       pinning (delayed GC), collect_delayed, exit release
  *   consume.c          Buffer.consume: adopting memory that exists already
- *   class_methods.c    Buffer.consume/attach/get_delayed_gc_objects, bound
- *                      to each class in its own __dict__ (__init_subclass__)
+ *   cached_classmethod.c  a classmethod descriptor that allocates nothing
+ *                      when looked up on its own class
  *   views.c            the per-buffer store of named views and its GC support
  *   dlpack.c           DLPack export for every exporter (request parsing and
  *                      rules, capsules, deleters); Buffer.__dlpack__
@@ -110,6 +110,7 @@ typedef struct {
 typedef struct {
     PyTypeObject *buffer_type;
     PyTypeObject *allocator_type;
+    PyTypeObject *cached_classmethod_type;
     PyTypeObject *view_entry_type; /* views.c: one stored view */
     PyObject *allocators;      /* dict: name -> AllocatorObject */
     PyObject *default_allocator; /* the PyAlloc AllocatorObject */
@@ -360,7 +361,7 @@ extern PyType_Spec buffer_type_spec;
 /* buffer.c */
 PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
-int buffer_finish_type(PyTypeObject *type);
+int buffer_finish_type(mm_state *st, PyTypeObject *type);
 extern PyMethodDef buffer_class_methods[];
 int buffer_register_region(mm_state *st, BufferObject *self);
 void buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
@@ -430,10 +431,9 @@ PyObject *delayed_gc_identifiers(mm_state *st);
 PyObject *delayed_gc_collect(mm_state *st, PyObject *identifiers);
 PyObject *delayed_gc_release_all(mm_state *st);
 
-/* class_methods.c */
-extern PyMethodDef buffer_class_methods[];   /* buffer.c */
-int install_class_methods(PyTypeObject *owner, PyMethodDef *defs);
-PyObject *buffer_init_subclass(PyObject *cls, PyObject *args, PyObject *kwargs);
+/* cached_classmethod.c */
+extern PyType_Spec cached_classmethod_spec;
+int install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *defs);
 
 /* consume.c */
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,

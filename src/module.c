@@ -296,12 +296,15 @@ static int add_types(PyObject *module, mm_state *st)
 {
     st->allocator_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &allocator_type_spec, NULL);
+    st->cached_classmethod_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &cached_classmethod_spec, NULL);
     st->buffer_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &buffer_type_spec, NULL);
     st->device_view_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &device_view_type_spec, NULL);
-    if (st->allocator_type == NULL || st->buffer_type == NULL || st->device_view_type == NULL ||
-        buffer_finish_type(st->buffer_type) < 0) {
+    if (st->allocator_type == NULL || st->cached_classmethod_type == NULL ||
+        st->buffer_type == NULL || st->device_view_type == NULL ||
+        buffer_finish_type(st, st->buffer_type) < 0) {
         return -1;
     }
     if (PyModule_AddType(module, st->buffer_type) < 0 ||
@@ -363,6 +366,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     mm_state *st = module_state(module);
     Py_VISIT(st->buffer_type);
     Py_VISIT(st->allocator_type);
+    Py_VISIT(st->cached_classmethod_type);
     Py_VISIT(st->view_entry_type);
     Py_VISIT(st->allocators);
     Py_VISIT(st->default_allocator);
@@ -400,6 +404,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->DeviceUnavailableError);
     Py_CLEAR(st->buffer_type);
     Py_CLEAR(st->allocator_type);
+    Py_CLEAR(st->cached_classmethod_type);
     Py_CLEAR(st->view_entry_type);
     Py_CLEAR(st->device_view_type);
     Py_CLEAR(st->cuda_driver);

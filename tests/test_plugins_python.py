@@ -536,3 +536,28 @@ def test_allocator_replaced_by_its_own_consume():
     address = buf.address
     buf.release()
     assert first.frees == [address]
+
+
+def test_reregistration_under_a_str_subclass_name_that_looks_itself_up():
+    """A str subclass's __hash__ runs while the name is re-registered; a
+    lookup made from there must not be remembered past the replacement."""
+    name = fresh_name()
+    memmanager.register_allocator(name, Recorder())
+    calls = []
+
+    class Sneaky(str):
+        def __hash__(self):
+            calls.append(1)
+            if len(calls) == 2:                 # inside the table's insert
+                Buffer(1, 8, allocator=name).release()
+            return str.__hash__(self)
+
+        __eq__ = str.__eq__
+
+    second = Recorder()
+    memmanager.register_allocator(Sneaky(name), second)
+    [bytearray(200) for _ in range(1000)]       # reuse what was freed
+    buf = Buffer(1, 8, allocator=name)
+    assert len(calls) >= 2
+    assert len(second.mallocs) == 1             # the new plug-in made it
+    buf.release()

@@ -60,9 +60,8 @@ WHY = {
     "wrap an address": "consume registers the region (the overlap check, "
         "under the registry's lock) and parses three keyword options, but "
         "each step is short: the meaning of a call site's keyword names and "
-        "its allocator name are remembered from its last call, and "
-        "Buffer.consume is a plain bound function in the class's dict, so "
-        "no bound-method object is made per call (ctypes makes one).",
+        "its allocator name are remembered from its last call, and looking "
+        "up Buffer.consume makes no bound-method object (ctypes makes one).",
     "wrap a buffer object": "consume holds an export of the source and "
         "registers its memory; the peers hold an export only.",
     "create+destroy with a finaliser": "The death stub is stored on the buffer "
