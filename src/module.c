@@ -186,6 +186,7 @@ static PyObject *mm_registry_spin(PyObject *Py_UNUSED(module), PyObject *arg)
         return NULL;
     }
     Py_ssize_t found = 0;
+    region_registry_use_without_gil();
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < iterations; i++) {
         region_info ignored;

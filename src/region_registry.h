@@ -8,9 +8,12 @@
  * expected; remove follows the parent pointer, O(1) expected.  Nodes are intrusive (embedded in the Buffer object), so the
  * registry allocates nothing per buffer.
  *
- * The registry has its own mutex, independent of the GIL, so allocation
+ * The registry has its own lock, independent of the GIL, so allocation
  * paths may release the GIL; it never calls into Python while holding it.
  * Per-allocator statistics live here too, updated under the same lock.
+ * Code that calls in without the GIL must first call
+ * region_registry_use_without_gil() with the GIL held: until then the GIL
+ * is all the exclusion the callers need, and the lock is left untaken.
  */
 #ifndef MEMMANAGER_REGION_REGISTRY_H
 #define MEMMANAGER_REGION_REGISTRY_H
@@ -50,6 +53,10 @@ typedef struct {
 
 /* Sets up the lock and fork handlers once per process; 0 on success. */
 int region_registry_init(void);
+
+/* From now on every caller takes the lock, so that the caller of this
+ * function (which must hold the GIL now) may call in without the GIL. */
+void region_registry_use_without_gil(void);
 
 /* Inserts node for [start, end) unless it overlaps a live region, in which
  * case 1 is returned and *conflict describes that region.  0 on success. */
