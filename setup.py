@@ -10,8 +10,10 @@ Switches (environment variables, all off by default):
 
 import glob
 import os
+import tempfile
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 
 def flag(name):
@@ -37,6 +39,32 @@ if flag("MEMMANAGER_COVERAGE"):
     extra_compile_args += ["--coverage", "-O0"]
     extra_link_args += ["--coverage"]
 
+# Code alignment: each function on a 64-byte boundary, jump targets and
+# loops on 32.  Without it the hot paths' speed depends on where unrelated
+# edits happen to move them: we measured consume() of an address at 107 or
+# 119 ns for the same source.  Flags the compiler does not know are left out.
+ALIGNMENT_FLAGS = ["-falign-functions=64", "-falign-jumps=32", "-falign-loops=32"]
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        for ext in self.extensions:
+            ext.extra_compile_args += [f for f in ALIGNMENT_FLAGS if self._accepts(f)]
+        super().build_extensions()
+
+    def _accepts(self, flag):
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "probe.c")
+            with open(source, "w") as f:
+                f.write("int probe(int x) { return x + 1; }\n")
+            try:
+                self.compiler.compile([source], output_dir=tmp,
+                                      extra_postargs=[flag, "-Werror"])
+            except Exception:  # CompileError: the compiler refuses or warns
+                return False
+            return True
+
+
 core = Extension(
     "memmanager._core",
     sources=sorted(glob.glob("src/*.c")),
@@ -48,4 +76,4 @@ core = Extension(
     libraries=["rt", "dl"],
 )
 
-setup(ext_modules=[core])
+setup(ext_modules=[core], cmdclass={"build_ext": BuildExt})
