@@ -10,6 +10,7 @@
  *   _register_allocator(n, impl)  a plug-in (capsule or Python object)
  *   _release_pinned_at_exit()  called from an atexit hook
  *   _registry_check()        the registry's invariants, for tests
+ *   _registry_locking()      whether the registry takes its lock, for tests
  *   _registry_spin(n)        the registry's lock taken n times without the
  *                            GIL, for the fork tests
  *   _set_address_resolver(f) Python helper turning foreign pointers into ints
@@ -165,6 +166,11 @@ static PyObject *mm_release_pinned_at_exit(PyObject *module, PyObject *Py_UNUSED
     return delayed_gc_release_all(module_state(module));
 }
 
+static PyObject *mm_registry_locking(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    return PyBool_FromLong(region_registry_locking());
+}
+
 static PyObject *mm_registry_check(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
     const char *why = NULL;
@@ -229,6 +235,9 @@ static PyMethodDef module_methods[] = {
      "_release_pinned_at_exit()\n--\n\nRelease every pinned buffer (atexit)."},
     {"_registry_check", mm_registry_check, METH_NOARGS,
      "_registry_check()\n--\n\nVerify the registry; return the number of live regions."},
+    {"_registry_locking", mm_registry_locking, METH_NOARGS,
+     "_registry_locking()\n--\n\n"
+     "Whether the registry takes its lock (something used it without the GIL)."},
     {"_cuda_probe", cuda_probe, METH_NOARGS,
      "_cuda_probe()\n--\n\n(device_count, reason, library, driver_version), loading\n"
      "the CUDA driver if needed; reason is None when a GPU is usable."},
@@ -344,6 +353,11 @@ static int module_exec(PyObject *module)
         PyErr_SetString(PyExc_RuntimeError, "cannot install the registry's fork handlers");
         return -1;
     }
+    /* The registry is process-wide: in a subinterpreter, which may have a
+     * GIL of its own, the GIL no longer keeps every caller out. */
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        region_registry_use_without_gil();
+    }
     if (intern_option_names(st) < 0 ||
         add_exceptions(module, st) < 0 || add_types(module, st) < 0 ||
         views_add_types(module, st) < 0) {
@@ -419,6 +433,10 @@ static void module_free(void *module)
 
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, module_exec},
+#ifdef Py_mod_multiple_interpreters
+    /* Several interpreters sharing a GIL, not one GIL each. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_SUPPORTED},
+#endif
     {0, NULL},
 };
 

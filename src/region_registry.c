@@ -32,6 +32,7 @@
 #include <Python.h>
 #include <pthread.h>
 #include <sched.h>
+#include <assert.h>
 #include <string.h>
 
 #include "region_registry.h"
@@ -75,15 +76,28 @@ static void give_back_spinlock(void)
     __atomic_store_n(&registry_lock, 0, __ATOMIC_RELEASE);
 }
 
+#if PY_VERSION_HEX >= 0x030D0000
+#define CURRENT_THREAD_STATE() PyThreadState_GetUnchecked()
+#else
+#define CURRENT_THREAD_STATE() _PyThreadState_UncheckedGet()
+#endif
+
 /* Whether the lock is taken is decided once per critical section, and the
- * flag cannot change inside one (it is set under the GIL). */
+ * flag cannot change inside one (it is set under the GIL).  Debug builds
+ * check that a caller who skips the lock holds the GIL. */
 static int lock_registry(void)
 {
     int locking = __atomic_load_n(&registry_locking, __ATOMIC_ACQUIRE);
+    assert(locking || CURRENT_THREAD_STATE() != NULL);
     if (locking) {
         take_spinlock();
     }
     return locking;
+}
+
+int region_registry_locking(void)
+{
+    return __atomic_load_n(&registry_locking, __ATOMIC_ACQUIRE);
 }
 
 static void unlock_registry(int locked)

@@ -58,6 +58,9 @@ int region_registry_init(void);
  * function (which must hold the GIL now) may call in without the GIL. */
 void region_registry_use_without_gil(void);
 
+/* 1 once region_registry_use_without_gil() has been called. */
+int region_registry_locking(void);
+
 /* Inserts node for [start, end) unless it overlaps a live region, in which
  * case 1 is returned and *conflict describes that region.  0 on success. */
 int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,

@@ -287,6 +287,62 @@ def test_threads_stress(fine_switching):
     assert spinner.rounds > 0
 
 
+GIL_ONLY_STRESS = """
+import ctypes, random, sys, threading, time
+import memmanager
+from memmanager import Buffer
+
+sys.setswitchinterval(1e-6)
+deadline = time.monotonic() + {seconds}
+errors, counts = [], []
+
+def work(seed):
+    rng, mine, n = random.Random(seed), [], 0
+    owner = bytearray(4096)
+    address = ctypes.addressof((ctypes.c_char * 4096).from_buffer(owner))
+    try:
+        while time.monotonic() < deadline:
+            choice = rng.random()
+            if choice < 0.4:
+                mine.append(Buffer(rng.choice((64, 4096, 1 << 20)), 1, init_value=1,
+                                   allocator=rng.choice(("PyAlloc", "CMalloc", "Aligned"))))
+            elif choice < 0.6:       # each thread its own bytes: no overlap
+                Buffer.consume(address, 64, 1, allocator="Borrowed",
+                               owner=owner, delayed_gc=False).release()
+            elif choice < 0.7:
+                memmanager.live_buffers(); memmanager.stats()
+            elif mine:
+                mine.pop(rng.randrange(len(mine))).release()
+            n += 1
+    except Exception as error:
+        errors.append(repr(error))
+    for buf in mine:
+        buf.release()
+    counts.append(n)
+
+threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert not memmanager._core._registry_locking(), "something took the GIL-free path"
+assert errors == [], errors
+assert memmanager._core._registry_check() == 0
+print(sum(counts))
+"""
+
+
+def test_threads_stress_on_the_gil_alone():
+    """The registry skips its lock until something uses it without the GIL
+    (the tests above do, through _registry_spin, and that lasts for the
+    process): a fresh process checks that the GIL alone keeps four busy
+    threads out of each other's way."""
+    import subprocess
+    code = GIL_ONLY_STRESS.format(seconds=STRESS_SECONDS)
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
+                          capture_output=True, text=True, timeout=STRESS_SECONDS + 120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) > 1000, proc.stdout
+
+
 def test_release_races_a_copy_without_the_gil(fine_switching):
     """While one thread copies a big buffer without the GIL, another's
     release() is refused (the copy holds an internal export): the memory is
