@@ -343,6 +343,34 @@ def test_threads_stress_on_the_gil_alone():
     assert int(proc.stdout.split()[-1]) > 1000, proc.stdout
 
 
+SUBINTERPRETER_IMPORT = """
+import memmanager
+try:
+    import _interpreters as interpreters          # 3.13 and later
+except ImportError:
+    import _xxsubinterpreters as interpreters     # 3.11, 3.12
+assert not memmanager._core._registry_locking()
+interp = interpreters.create()
+interpreters.run_string(interp, "import memmanager; memmanager.Buffer(8, 1).release()")
+assert memmanager._core._registry_locking(), "a subinterpreter left the lock off"
+memmanager.Buffer(8, 1).release()
+interpreters.destroy(interp)
+"""
+
+
+def test_a_subinterpreter_turns_the_registry_lock_on():
+    """The registry is process-wide; a subinterpreter may have a GIL of its
+    own, so importing memmanager there makes every caller take the lock."""
+    import subprocess
+    try:
+        import _interpreters  # noqa: F401
+    except ImportError:
+        pytest.importorskip("_xxsubinterpreters")
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", SUBINTERPRETER_IMPORT],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_release_races_a_copy_without_the_gil(fine_switching):
     """While one thread copies a big buffer without the GIL, another's
     release() is refused (the copy holds an internal export): the memory is
