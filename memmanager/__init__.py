@@ -108,6 +108,10 @@ _core._set_address_resolver(_address.resolve)
 # Views (create_view, ...) and pickling are Python methods of the C type.
 _views.install(Buffer)
 _pickle.install(Buffer)
-# Registered at first import, so it runs after the atexit hooks of user
-# code imported later (atexit is last-in, first-out).
+# Registered at first import, so they run after the atexit hooks of user
+# code imported later (atexit is last-in, first-out): first the pinned
+# buffers are released, then the SharedMemory names this interpreter made
+# are unlinked, even those whose buffers exports keep alive (the memory
+# stays mapped; only the names go).
+_atexit.register(_core._shm_unlink_at_exit)
 _atexit.register(_core._release_pinned_at_exit)

@@ -5,13 +5,23 @@
  *   buf = Buffer(n, s, allocator="SharedMemory", name=None)
  *   buf.name                                  # generated when not given
  *   other = Buffer.attach(buf.name, n, s, readonly=False)  # any process
+ *   other = Buffer.attach(buf.name)           # n from the object's size
  *
  * The creator makes the object (shm_open with O_EXCL: an existing name is
- * FileExistsError), sizes it with ftruncate (so its pages are lazy zero
- * pages: init_value=0 costs nothing) and maps it MAP_SHARED.  The creator's
- * buffer unlinks the name when it dies; an attached buffer only unmaps.
- * A forked child inherits the creator's buffer but never unlinks: the
- * cookie records the creating process.
+ * FileExistsError), reserves its pages with posix_fallocate (tmpfs then
+ * really holds them: a full /dev/shm is a MemoryError now, not a SIGBUS at
+ * the first write of a page nothing backs; the pages are zeroed, so
+ * init_value=0 costs nothing more) and maps it MAP_SHARED.  Who unlinks
+ * the name is shm_tracker.c's business: the creator's buffer when it
+ * dies, the atexit hook for buffers still alive at exit, the tracker
+ * process when the creator is killed.  An attached buffer only unmaps; a
+ * forked child inherits the creator's buffer but never unlinks (the
+ * cookie's link records the creating process).
+ *
+ * Inherent: another process may ftruncate the object smaller while it is
+ * mapped; touching a page past the new end is then a SIGBUS, which no
+ * library can turn into an exception.  attach() checks the size it maps
+ * against the object's (fstat) at that moment only.
  *
  * Names are what Python's multiprocessing.shared_memory uses: without the
  * leading slash (which is added for shm_open), so both interoperate.  A
@@ -33,9 +43,12 @@
 #define SHM_NAME_MAX 255
 #define GENERATED_NAME_TRIES 16
 
+/* From this size on, posix_fallocate runs without the GIL. */
+#define RESERVE_WITHOUT_GIL ((size_t)1 << 20)
+
 /* Per-block state: which object this is and who unlinks it. */
 typedef struct {
-    pid_t creator;         /* the creating process, or 0 when attached */
+    mm_shm_link link;      /* creators: listed in shm_tracker.c; else unlisted */
     int slash_added;       /* buf.name is posix_name without its '/' */
     char posix_name[];     /* as given to shm_open: "/..." */
 } shm_cookie;
@@ -74,7 +87,8 @@ static shm_cookie *cookie_for_name(PyObject *name)
         PyErr_NoMemory();
         goto done;
     }
-    cookie->creator = 0;
+    memset(&cookie->link, 0, sizeof(cookie->link));
+    cookie->link.posix_name = cookie->posix_name;
     cookie->slash_added = slash_added;
     cookie->posix_name[0] = '/';
     memcpy(cookie->posix_name + 1, rest, rest_length);
@@ -95,10 +109,24 @@ static uint64_t random_bits(void)
     return bits;
 }
 
+/* MEMMANAGER_SHM_PREFIX when it is 1 to 64 of [A-Za-z0-9_.-], else "mm_"
+ * (read with the GIL, as os.environ writes it). */
+static const char *generated_prefix(void)
+{
+    const char *prefix = getenv("MEMMANAGER_SHM_PREFIX");
+    size_t length = prefix == NULL ? 0 : strlen(prefix);
+    if (length == 0 || length > 64 ||
+        strspn(prefix, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                       "0123456789_.-") != length) {
+        return "mm_";
+    }
+    return prefix;
+}
+
 static shm_cookie *cookie_for_generated_name(void)
 {
-    char name[64];
-    snprintf(name, sizeof(name), "mm_%ld_%012llx", (long)getpid(),
+    char name[128];
+    snprintf(name, sizeof(name), "%s%ld_%012llx", generated_prefix(), (long)getpid(),
              (unsigned long long)(random_bits() & 0xffffffffffffull));
     PyObject *str = PyUnicode_FromString(name);
     if (str == NULL) {
@@ -166,7 +194,6 @@ static int create_object(const mm_request *req, shm_cookie **cookie_out)
         }
         int fd = shm_open(cookie->posix_name, O_CREAT | O_EXCL | O_RDWR, 0600);
         if (fd >= 0) {
-            cookie->creator = getpid();
             *cookie_out = cookie;
             return fd;
         }
@@ -182,14 +209,41 @@ static int create_object(const mm_request *req, shm_cookie **cookie_out)
     return -1;
 }
 
-/* Refuses sizes /dev/shm cannot hold now: past that, touching a lazily
- * backed page would be a SIGBUS, not an exception. */
+/* Refuses at once sizes /dev/shm cannot hold now (posix_fallocate would
+ * refuse them too, after zeroing what fits). */
 static int check_room(int fd, size_t size)
 {
     struct statvfs fs;
-    if (fstatvfs(fd, &fs) == 0 && fs.f_bsize > 0 &&
-        size / fs.f_bsize >= (size_t)fs.f_bavail) {
+    if (size > (size_t)INT64_MAX ||
+        (fstatvfs(fd, &fs) == 0 && fs.f_bsize > 0 &&
+         size / fs.f_bsize >= (size_t)fs.f_bavail)) {
         errno = ENOSPC;
+        return -1;
+    }
+    return 0;
+}
+
+/* Gives the object its size with every page allocated: 0, or -1 with
+ * errno (ENOSPC when /dev/shm is full).  ftruncate alone would leave the
+ * pages to be found at the first touch, which is a SIGBUS when there are
+ * none left by then. */
+static int reserve_pages(int fd, size_t size)
+{
+    int rc;
+    if (size >= RESERVE_WITHOUT_GIL) {
+        Py_BEGIN_ALLOW_THREADS
+        do {
+            rc = posix_fallocate(fd, 0, (off_t)size);
+        } while (rc == EINTR);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        do {
+            rc = posix_fallocate(fd, 0, (off_t)size);
+        } while (rc == EINTR);
+    }
+    if (rc != 0) {
+        errno = (rc == EFBIG) ? ENOSPC : rc;
         return -1;
     }
     return 0;
@@ -199,12 +253,15 @@ static int shm_allocate(AllocatorObject *Py_UNUSED(self), const mm_request *req,
                         size_t size, int Py_UNUSED(zero), mm_raw *out)
 {
     shm_cookie *cookie = NULL;
+    if (shm_tracker_ensure() < 0) {
+        return -1;
+    }
     int fd = create_object(req, &cookie);
     if (fd < 0) {
         return -1;
     }
     char *map = MAP_FAILED;
-    if (check_room(fd, size) == 0 && ftruncate(fd, (off_t)size) == 0) {
+    if (check_room(fd, size) == 0 && reserve_pages(fd, size) == 0) {
         map = mmap(NULL, mm_round_to_pages(size), PROT_READ | PROT_WRITE,
                    MAP_SHARED, fd, 0);
     }
@@ -218,6 +275,7 @@ static int shm_allocate(AllocatorObject *Py_UNUSED(self), const mm_request *req,
         return -1;
     }
     close(fd);
+    shm_tracker_created(&cookie->link);
     out->base = map;
     out->cookie = cookie;
     return 0;
@@ -230,9 +288,7 @@ static void shm_release(AllocatorObject *Py_UNUSED(self), char *base,
     shm_cookie *cookie = cookie_ptr;
     mm_unmap(base, size);
     if (cookie != NULL) {
-        if (cookie->creator != 0 && cookie->creator == getpid()) {
-            (void)shm_unlink(cookie->posix_name);
-        }
+        shm_tracker_forget(&cookie->link);   /* unlinks, for the creator */
         free(cookie);
     }
 }
@@ -248,9 +304,9 @@ const mm_allocator_ops mm_shm_ops = {
 /* Buffer.attach and buf.name                                          */
 /* ------------------------------------------------------------------ */
 
-/* Maps an existing object; -1 with an exception (FileNotFoundError when
- * it does not exist, ValueError when it is smaller than size). */
-static int map_existing(shm_cookie *cookie, size_t size, int readonly, char **out)
+/* Opens an existing object: its descriptor and size, or -1 with an
+ * exception (FileNotFoundError when it does not exist). */
+static int open_existing(const shm_cookie *cookie, int readonly, off_t *size_out)
 {
     struct stat info;
     int fd = shm_open(cookie->posix_name, readonly ? O_RDONLY : O_RDWR, 0);
@@ -263,27 +319,33 @@ static int map_existing(shm_cookie *cookie, size_t size, int readonly, char **ou
         close(fd);
         return -1;
     }
-    if ((uintmax_t)info.st_size < (uintmax_t)size) {
-        PyObject *name = display_name(cookie);
-        if (name != NULL) {
-            PyErr_Format(PyExc_ValueError,
-                         "shared memory %R has %lld bytes, %zu are needed",
-                         name, (long long)info.st_size, size);
-            Py_DECREF(name);
+    *size_out = info.st_size;
+    return fd;
+}
+
+/* The sizes of the attachment: as asked (ValueError when the object is
+ * smaller), or, with num_items None, as many items as the object holds. */
+static int attach_sizes(const shm_cookie *cookie, off_t object_size,
+                        int sizes_from_object, buffer_args *a)
+{
+    if (sizes_from_object) {
+        a->num_items = (Py_ssize_t)(object_size / a->item_size);
+        if (a->num_items > 0) {
+            return 0;
         }
-        close(fd);
-        return -1;
     }
-    int prot = PROT_READ | (readonly ? 0 : PROT_WRITE);
-    char *map = mmap(NULL, mm_round_to_pages(size), prot, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED) {
-        raise_for_name(cookie);
-        close(fd);
-        return -1;
+    else if ((uintmax_t)object_size >= (uintmax_t)(a->num_items * a->item_size)) {
+        return 0;
     }
-    close(fd);
-    *out = map;
-    return 0;
+    PyObject *name = display_name(cookie);
+    if (name != NULL) {
+        PyErr_Format(PyExc_ValueError,
+                     "shared memory %R has %lld bytes, %zd are needed", name,
+                     (long long)object_size,
+                     sizes_from_object ? a->item_size : a->num_items * a->item_size);
+        Py_DECREF(name);
+    }
+    return -1;
 }
 
 static AllocatorObject *shm_allocator(mm_state *st)
@@ -297,16 +359,34 @@ static AllocatorObject *shm_allocator(mm_state *st)
     return alloc;
 }
 
+/* Maps the object behind cookie (which it takes over) as a new buffer. */
 static PyObject *attach_buffer(mm_state *st, PyTypeObject *cls, buffer_args *a,
-                               shm_cookie *cookie, int readonly)
+                               int sizes_from_object, shm_cookie *cookie,
+                               int readonly)
 {
+    off_t object_size = 0;
     AllocatorObject *alloc = shm_allocator(st);
-    size_t nbytes = (size_t)(a->num_items * a->item_size);
-    mm_block block = {NULL, nbytes, cookie, 0};
-    if (alloc == NULL || map_existing(cookie, nbytes, readonly, &block.address) < 0) {
+    int fd = alloc == NULL ? -1 : open_existing(cookie, readonly, &object_size);
+    if (fd < 0) {
         free(cookie);
         return NULL;
     }
+    if (attach_sizes(cookie, object_size, sizes_from_object, a) < 0) {
+        close(fd);
+        free(cookie);
+        return NULL;
+    }
+    size_t nbytes = (size_t)(a->num_items * a->item_size);
+    int prot = PROT_READ | (readonly ? 0 : PROT_WRITE);
+    char *map = mmap(NULL, mm_round_to_pages(nbytes), prot, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        raise_for_name(cookie);
+        close(fd);
+        free(cookie);
+        return NULL;
+    }
+    close(fd);
+    mm_block block = {map, nbytes, cookie, 0};
     BufferObject *self = buffer_alloc_object(cls, a);
     if (self == NULL) {
         shm_release(alloc, block.address, nbytes, cookie);
@@ -335,20 +415,29 @@ PyObject *buffer_attach(PyObject *cls, PyObject *const *args,
         unpack_arguments("attach", args, nargs, kwnames, names, 3, values) < 0) {
         return NULL;
     }
-    if (values[0] == NULL || values[1] == NULL || values[2] == NULL) {
-        PyErr_SetString(PyExc_TypeError,
-                        "attach() takes name, num_items and item_size");
+    if (values[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "attach() missing its name");
+        return NULL;
+    }
+    int sizes_from_object = values[1] == NULL || values[1] == Py_None;
+    PyObject *one = PyLong_FromLong(1);
+    if (one == NULL) {
         return NULL;
     }
     int readonly = parse_flag(values[3], 0);
-    if (readonly < 0 || parse_sizes(values[1], values[2], &a) < 0) {
+    int rc = readonly < 0 ? -1 :
+        parse_sizes(sizes_from_object ? one : values[1],
+                    values[2] == NULL ? one : values[2], &a);
+    Py_DECREF(one);
+    if (rc < 0) {
         return NULL;
     }
     shm_cookie *cookie = cookie_for_name(values[0]);
     if (cookie == NULL) {
         return NULL;
     }
-    return attach_buffer(st, (PyTypeObject *)cls, &a, cookie, readonly);
+    return attach_buffer(st, (PyTypeObject *)cls, &a, sizes_from_object, cookie,
+                         readonly);
 }
 
 PyObject *buffer_get_name(PyObject *op, void *Py_UNUSED(closure))

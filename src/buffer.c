@@ -661,9 +661,10 @@ PyMethodDef buffer_class_methods[] = {
      "Adopt memory that exists already (see the ownership guide)."},
     {"attach", (PyCFunction)(void (*)(void))buffer_attach,
      METH_FASTCALL | METH_KEYWORDS,
-     "attach($cls, name, num_items, item_size, *, readonly=False)\n--\n\n"
+     "attach($cls, name, num_items=None, item_size=1, *, readonly=False)\n--\n\n"
      "Map the shared memory called name (made by a SharedMemory buffer,\n"
-     "here or in another process).  FileNotFoundError when it does not exist."},
+     "here or in another process); num_items=None takes as many items as it\n"
+     "holds.  FileNotFoundError when it does not exist."},
     {NULL},
 };
 

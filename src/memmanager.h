@@ -19,6 +19,8 @@
  *   allocator_aligned.c   the Aligned kind (posix_memalign, alignment=)
  *   allocator_mmap.c   the Mmap kind and the page-mapping helpers
  *   allocator_shm.c    the SharedMemory kind, Buffer.attach, buf.name
+ *   shm_tracker.c      who unlinks SharedMemory names: the list of names
+ *                      created, the unlink at exit, the tracker process
  *   allocator_python.c the kind behind Python plug-ins (validated calls)
  *   allocator_plugin.c register_allocator: C capsules and Python objects
  *   allocator_debug.c  MEMMANAGER_DEBUG: guard bytes, registry checks
@@ -303,6 +305,21 @@ char *mm_map_anonymous(size_t size, size_t alignment, int shared);
 void mm_unmap(char *base, size_t size);
 void mm_advise_hugepages(void *ptr, size_t size);
 void mm_populate(char *base, size_t size);
+
+/* shm_tracker.c: the names this process created and must unlink.  A link
+ * lives in a SharedMemory cookie; the list is process-wide, under its own
+ * lock (forget may run without the GIL). */
+typedef struct mm_shm_link {
+    struct mm_shm_link *prev, *next;   /* the list, while listed */
+    pid_t creator;                     /* the creating process */
+    int64_t interpreter;               /* the creating interpreter's ID */
+    int listed;                        /* not unlinked yet */
+    const char *posix_name;            /* the cookie's, "/..." */
+} mm_shm_link;
+int shm_tracker_ensure(void);          /* GIL; before creating; raises */
+void shm_tracker_created(mm_shm_link *link);   /* GIL; no Python */
+void shm_tracker_forget(mm_shm_link *link);    /* any thread; unlinks */
+PyObject *shm_unlink_at_exit(PyObject *module, PyObject *arg);
 
 /* allocator_shm.c */
 PyObject *buffer_attach(PyObject *cls, PyObject *const *args,

@@ -9,6 +9,7 @@
  *   allocators()             registered allocator names
  *   _register_allocator(n, impl)  a plug-in (capsule or Python object)
  *   _release_pinned_at_exit()  called from an atexit hook
+ *   _shm_unlink_at_exit()    called from an atexit hook (shm_tracker.c)
  *   _registry_check()        the registry's invariants, for tests
  *   _registry_locking()      whether the registry takes its lock, for tests
  *   _registry_spin(n)        the registry's lock taken n times without the
@@ -233,6 +234,9 @@ static PyMethodDef module_methods[] = {
      "Register a plug-in allocator; returns its Allocator object."},
     {"_release_pinned_at_exit", mm_release_pinned_at_exit, METH_NOARGS,
      "_release_pinned_at_exit()\n--\n\nRelease every pinned buffer (atexit)."},
+    {"_shm_unlink_at_exit", shm_unlink_at_exit, METH_NOARGS,
+     "_shm_unlink_at_exit()\n--\n\nUnlink the SharedMemory names this interpreter "
+     "created and still holds (atexit); returns how many."},
     {"_registry_check", mm_registry_check, METH_NOARGS,
      "_registry_check()\n--\n\nVerify the registry; return the number of live regions."},
     {"_registry_locking", mm_registry_locking, METH_NOARGS,
