@@ -16,7 +16,20 @@ bytearray or out-of-band memory of the right kind), and copies otherwise:
 when the memory is read-only but the buffer was writable, or when it is
 managed already (loading in the process that still holds the original).
 
-`rebuild_buffer` is named in every pickle: keep its module and name.
+A SharedMemory buffer (created or attached) pickles by name instead
+(DESIGN section 4): the pickle holds the name, num_items, item_size and
+read-only-ness, and loading it attaches (`Buffer.attach`) to the same
+memory, so a process pool's worker writes into the parent's buffer.
+The pickle is only good while the creator's buffer lives: once it died
+the name is unlinked, and loading raises FileNotFoundError.  The
+attached buffer never unlinks the name and is not tracked.
+
+`copy.copy` and `copy.deepcopy` make private PyAlloc copies of every
+buffer, SharedMemory included (`__copy__`, `__deepcopy__`): a copy is a
+copy, only a pickle travels by name.
+
+`rebuild_buffer` and `attach_shared` are named in pickles: keep their
+module and names.
 """
 
 import pickle as _pickle
@@ -25,8 +38,11 @@ from typing import Any, Optional, Tuple
 from ._core import OverlapError
 
 
-def reduce_ex(self: Any, protocol: int) -> Tuple[Any, ...]:
-    """Buffer.__reduce_ex__: (rebuild_buffer, args[, state])."""
+_shared_name: Any = None     # Buffer.name's getter, set by install()
+
+
+def _by_value(self: Any, protocol: int) -> Tuple[Any, ...]:
+    """(rebuild_buffer, args[, state]): the bytes travel."""
     if self.released:
         raise ValueError("buffer is released")
     if protocol >= 5:
@@ -34,10 +50,60 @@ def reduce_ex(self: Any, protocol: int) -> Tuple[Any, ...]:
     else:
         data = self[:]          # a bytes copy, pickled in-band
     args = (type(self), data, self.num_items, self.itemsize, self.readonly)
+    return _with_state(self, rebuild_buffer, args)
+
+
+def _with_state(self: Any, function: Any, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
     state: Optional[dict] = getattr(self, "__dict__", None) or None
     if state is None:
-        return (rebuild_buffer, args)
-    return (rebuild_buffer, args, state)
+        return (function, args)
+    return (function, args, state)
+
+
+def reduce_ex(self: Any, protocol: int) -> Tuple[Any, ...]:
+    """Buffer.__reduce_ex__: (attach_shared, ...) for SharedMemory buffers,
+    (rebuild_buffer, args[, state]) for the others."""
+    if self.released:
+        raise ValueError("buffer is released")
+    name = _shared_name(self)   # the type's getter: a subclass cannot fake it
+    if name is None:
+        return _by_value(self, protocol)
+    args = (type(self), name, self.num_items, self.itemsize, self.readonly)
+    return _with_state(self, attach_shared, args)
+
+
+def attach_shared(cls: Any, name: str, num_items: int, item_size: int,
+                  readonly: bool) -> Any:
+    """Attach to the shared memory a pickled SharedMemory buffer named."""
+    try:
+        return cls.attach(name, num_items, item_size, readonly=bool(readonly))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            exc.errno, f"shared memory {name!r} is gone: the SharedMemory buffer "
+            "that created it died before this pickle was loaded", name) from None
+
+
+def _copy(self: Any, memo: Optional[dict] = None) -> Any:
+    """__copy__ and __deepcopy__: a private copy, whatever the allocator."""
+    reduction = _by_value(self, 4)
+    clone = reduction[0](*reduction[1])
+    if memo is not None:
+        memo[id(self)] = clone
+    if len(reduction) > 2:
+        state = reduction[2]
+        if memo is not None:
+            import copy
+            state = copy.deepcopy(state, memo)
+        setstate = getattr(clone, "__setstate__", None)
+        if setstate is not None:
+            setstate(state)
+        else:
+            clone.__dict__.update(state)
+    return clone
+
+
+def _deepcopy(self: Any, memo: dict) -> Any:
+    return _copy(self, memo)
 
 
 def rebuild_buffer(cls: Any, data: Any, num_items: int, item_size: int,
@@ -60,5 +126,10 @@ def rebuild_buffer(cls: Any, data: Any, num_items: int, item_size: int,
 
 
 def install(buffer_type: type) -> None:
-    """Attach __reduce_ex__ to the Buffer type (called at import)."""
+    """Attach __reduce_ex__, __copy__ and __deepcopy__ to the Buffer type
+    (called at import)."""
+    global _shared_name
+    _shared_name = buffer_type.name.__get__  # type: ignore[attr-defined]
     buffer_type.__reduce_ex__ = reduce_ex  # type: ignore[method-assign]
+    buffer_type.__copy__ = _copy  # type: ignore[attr-defined]
+    buffer_type.__deepcopy__ = _deepcopy  # type: ignore[attr-defined]
