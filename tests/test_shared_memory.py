@@ -102,6 +102,16 @@ def test_attach_fewer_items(shm):
     assert part.nbytes == 400 and part[399] == 399 % 256
 
 
+def test_attach_sizes_from_the_object(shm):
+    # DESIGN section 4 (changed): num_items=None, item_size=1 by default.
+    whole = Buffer.attach(shm.name)
+    assert (whole.num_items, whole.itemsize, whole.nbytes) == (4096, 1, 4096)
+    assert whole[4095] == 4095 % 256
+    words = Buffer.attach(shm.name, item_size=3)
+    assert (words.num_items, words.itemsize) == (1365, 3)   # whole items only
+    assert Buffer.attach(shm.name, 10).nbytes == 10
+
+
 def test_attach_readonly(shm):
     ro = Buffer.attach(shm.name, 4096, 1, readonly=True)
     assert ro.readonly
@@ -128,7 +138,11 @@ def test_attach_errors(shm, registry_unchanged):
         with pytest.raises(TypeError):
             Buffer.attach(shm.name, 1.0, 1)
         with pytest.raises(TypeError):
-            Buffer.attach(shm.name, 10)
+            Buffer.attach()                             # the name is required
+        with pytest.raises(TypeError):
+            Buffer.attach(shm.name, 10, None)           # item_size is an int
+        with pytest.raises(ValueError, match="4096 bytes, 4097"):
+            Buffer.attach(shm.name, None, 4097)         # not one item of that size
         with pytest.raises(TypeError):
             Buffer.attach(shm.name, 10, 1, True)        # readonly is keyword-only
         with pytest.raises(TypeError):
