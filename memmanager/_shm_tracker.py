@@ -34,6 +34,7 @@ import sys
 
 ANCILLARY = 64        # room for one SCM_CREDENTIALS (struct ucred)
 MESSAGE = 1024        # a message is one byte and a name of < 256 bytes
+COALESCE_SECONDS = 0.002
 
 
 def command(executable=None):
@@ -118,10 +119,25 @@ def _receive(sock, socket_module):
     return data, pid
 
 
+def _drain(sock, socket_module, tracker):
+    """Handles every message waiting; False at EOF (every sender gone)."""
+    while True:
+        try:
+            data, pid = _receive(sock, socket_module)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        tracker.message(data, pid)
+
+
 def main():
     import _signal as signal
     import _socket as socket
     import select
+    import time
 
     sock = socket.socket(fileno=0)
     if hasattr(socket, "SO_PASSCRED"):
@@ -138,25 +154,24 @@ def main():
     poller.register(0, select.POLLIN)
     tracker = Tracker(poller, select)
     sock.sendall(b"ok")
+    sock.setblocking(False)
     while True:
         try:
             events = poller.poll()
         except InterruptedError:  # pragma: no cover (PEP 475 retries)
             continue
+        # Let a burst of creations and releases queue up (the kernel keeps
+        # what a dying sender sent), so that a loop of them costs the
+        # creator a send() each, not a switch to this process each.
+        time.sleep(COALESCE_SECONDS)
+        # Every message first: a sender's last b"R" may still be queued
+        # when its pidfd says it died.
+        if not _drain(sock, socket, tracker):
+            tracker.finish()
+            return
         for fd, _event in events:
-            if fd != 0:
+            if fd != 0 and fd in tracker.pidfds:
                 tracker.pidfd_ready(fd)
-                continue
-            try:
-                data, pid = _receive(sock, socket)
-            except InterruptedError:  # pragma: no cover
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                tracker.finish()
-                return
-            tracker.message(data, pid)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@
 
 extern char **environ;
 
-#define TRACKER_READY_TIMEOUT_MS 30000
+#define TRACKER_READY_TIMEOUT_MS 10000
 #define TRACKER_MESSAGE_MAX 1024
 
 static pthread_mutex_t tracker_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -262,15 +262,21 @@ int shm_tracker_ensure(void)
         return -1;
     }
     pthread_mutex_lock(&tracker_lock);
+    int adopted = 0;
     if (tracker_argv == NULL) {
-        tracker_argv = argv;           /* kept for the life of the process */
+        tracker_argv = argv;           /* kept, once it worked, for restarts */
         argv = NULL;
+        adopted = 1;
     }
     int rc = respawn_locked();
     int saved = errno;
+    if (rc < 0 && adopted) {
+        argv = tracker_argv;           /* a command that failed is not kept */
+        tracker_argv = NULL;
+    }
     pthread_mutex_unlock(&tracker_lock);
     if (argv != NULL) {
-        free_argv(argv);               /* another thread's was kept */
+        free_argv(argv);               /* failed, or another thread's was kept */
     }
     if (rc < 0) {
         PyErr_Format(PyExc_OSError,

@@ -551,3 +551,76 @@ def test_attach_checks_the_size_when_it_maps():
     finally:
         segment.release()
 
+
+
+# ---------------------------------------------------------------------------
+# The tracker's command and bookkeeping
+# ---------------------------------------------------------------------------
+
+BAD_TRACKER_COMMAND = """
+    import os
+    import memmanager, memmanager._shm_tracker as tracker
+    from memmanager import Buffer
+    real = tracker.command
+    before = len(os.listdir("/dev/shm"))
+    for bad, error in ((lambda: "python", TypeError), (lambda: [], TypeError),
+                       (lambda: [b"python"], TypeError), (lambda: [None], TypeError),
+                       (lambda: ["/nonexistent/python"], OSError),
+                       (lambda: ["/bin/true"], OSError)):   # never answers b"ok"
+        tracker.command = bad
+        try:
+            Buffer(64, 1, allocator="SharedMemory")
+        except error as exc:
+            print(type(exc).__name__)
+        else:
+            raise AssertionError(bad)
+    assert memmanager.stats()["total"]["live_buffers"] == 0
+    assert len(os.listdir("/dev/shm")) <= before     # nothing was created
+    tracker.command = real
+    buf = Buffer(64, 1, allocator="SharedMemory")
+    print("ok", buf.name)
+"""
+
+
+def test_bad_tracker_command_creates_nothing():
+    result = run_python(BAD_TRACKER_COMMAND)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:-1] == ["TypeError"] * 4 + ["OSError"] * 2
+    assert lines[-1].startswith("ok ")
+    assert not exists(lines[-1].split()[1])
+
+
+class FakePoller:
+    def __init__(self):
+        self.fds = set()
+
+    def register(self, fd, _events):
+        self.fds.add(fd)
+
+    def unregister(self, fd):
+        self.fds.discard(fd)
+
+
+def test_tracker_bookkeeping(monkeypatch):
+    from memmanager import _shm_tracker
+    import select
+    unlinked = []
+    monkeypatch.setattr(_shm_tracker, "_unlink", unlinked.append)
+    tracker = _shm_tracker.Tracker(FakePoller(), select)
+    me = os.getpid()
+    tracker.message(b"R/kept", me)
+    tracker.message(b"R/released", me)
+    tracker.message(b"U/released", me)
+    tracker.message(b"Rno-slash", me)            # not a POSIX name: ignored
+    tracker.message(b"X/unknown", me)
+    tracker.message(b"R/\xff\xfe", me)           # not UTF-8: kept as it is
+    tracker.message(b"U/never-registered", me)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tracker.message(b"R/of-the-dead", dead.pid)  # died before it was watched
+    assert unlinked == ["/of-the-dead"]
+    tracker.finish()
+    assert sorted(unlinked) == sorted(["/of-the-dead", "/kept", "/\udcff\udcfe"])
+    for fd in list(tracker.pidfds):
+        os.close(fd)
