@@ -57,9 +57,7 @@ int buffer_getbuffer(PyObject *op, Py_buffer *view, int flags)
 
 void buffer_releasebuffer(PyObject *op, Py_buffer *Py_UNUSED(view))
 {
-    BufferObject *self = (BufferObject *)op;
-    self->exports--;
-    assert(self->exports >= 0);
+    buffer_export_ended((BufferObject *)op);
 }
 
 /* ------------------------------------------------------------------ */
