@@ -150,7 +150,7 @@ static PyObject *copy_to_bytes(BufferObject *self, Py_ssize_t offset,
     Py_BEGIN_ALLOW_THREADS
     memcpy(target, source, (size_t)length);
     Py_END_ALLOW_THREADS
-    self->exports--;
+    buffer_export_ended(self);   /* may finish a release __exit__ deferred */
     return result;
 }
 

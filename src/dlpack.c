@@ -316,7 +316,7 @@ static PyObject *copy_of(BufferObject *self)
     Py_BEGIN_ALLOW_THREADS
     memcpy(target, self->data, (size_t)self->nbytes);
     Py_END_ALLOW_THREADS
-    self->exports--;
+    buffer_export_ended(self);   /* may finish a release __exit__ deferred */
     return copy;
 }
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import weakref
 
 import pytest
@@ -51,7 +52,10 @@ def test_stale_identifier_does_not_unpin_a_buffer_at_the_same_address():
             reused = b
             break
         keep.append(b)
-    assert reused is not None, "CPython did not reuse the object's memory"
+    if reused is None:   # ASan's quarantine, for one, delays reuse
+        for b in keep:
+            b.release()
+        pytest.skip("the allocator did not reuse the object's memory")
     assert reused.identifier != stale
     assert memmanager.collect_delayed([stale]) == []
     assert reused.delayed_gc is True
@@ -438,6 +442,37 @@ def test_exit_called_by_hand_with_odd_arguments():
     assert b.released
 
 
+def test_deferred_release_finished_by_a_copy_without_the_gil():
+    """A large extract_buffer_region copies without the GIL under an
+    internal export; a release deferred meanwhile is finished when that
+    export ends (it used to wait for the buffer's deallocation)."""
+    for _ in range(20):
+        b = Buffer(32 << 20, 1, init_value=1)
+        done = threading.Event()
+
+        def copy():
+            try:
+                b.extract_buffer_region(0, b.nbytes - 1)
+            except ValueError:
+                pass
+            done.set()
+
+        t = threading.Thread(target=copy)
+        t.start()
+        while not done.is_set() and b.exports == 0:
+            pass
+        deferred = False
+        if b.exports > 0:
+            assert b.__exit__(KeyError, KeyError("x"), None) is False
+            deferred = not b.released
+        t.join()
+        if deferred:
+            assert b.released
+            return
+        b.release()
+    pytest.skip("never caught the copy in the act")
+
+
 # --------------------------------------------------------------------------
 # collect_delayed's argument (DESIGN 6)
 
@@ -580,7 +615,9 @@ def test_debug_guards_do_not_fill_the_alignment():
         bufs = [memmanager.Buffer(1, 1, allocator="Aligned", alignment=2**25, init_value=init)
                 for init in (None, 0, 7)]
         grown = rss() - before
-        assert grown < 8 << 20, grown
+        # before: the three front guards filled 3 * 32 MiB; now a few pages
+        # (more under ASan, whose allocator and shadow memory add some)
+        assert grown < 2**25, grown
         assert all(b.address % 2**25 == 0 for b in bufs)
         assert bufs[1][0] == 0 and bufs[2][0] == 7
         # damage right in front is still found
