@@ -84,7 +84,7 @@ def report() -> str:
     lines = ["%-18s %-*s %-18s %12s %7s %6s" % (
         "identifier", width, "allocator", "address", "nbytes", "exports", "pinned")]
     for row in rows:
-        lines.append("0x%-16x %-*s 0x%-16x %12d %7d %6s" % (
+        lines.append("%-18d %-*s 0x%-16x %12d %7d %6s" % (
             row.identifier, width, row.allocator, row.address, row.nbytes,
             row.exports, "yes" if row.pinned else "no"))
     lines.append("")

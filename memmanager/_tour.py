@@ -299,7 +299,7 @@ def example5(tour):
     tour.run('''
         pinned_id = mem_cp2.identifier
         del mem_cp2
-        print("Still pinned:", [hex(i) for i in memmanager.get_delayed_gc_objects()])
+        print("Still pinned:", memmanager.get_delayed_gc_objects())
     ''')
     tour.say("""
         Perl frees such buffers only when the program ends, and memmanager
@@ -310,7 +310,7 @@ def example5(tour):
     """)
     tour.run('''
         unpinned = memmanager.collect_delayed([pinned_id])
-        print("Unpinned:", [hex(i) for i in unpinned])
+        print("Unpinned:", unpinned)
         print("Still pinned:", memmanager.get_delayed_gc_objects())
     ''')
 
@@ -407,7 +407,7 @@ def example6(tour):
         grow again.
     """)
     tour.run('''
-        print("Pinned:", [hex(i) for i in memmanager.get_delayed_gc_objects()])
+        print("Pinned:", memmanager.get_delayed_gc_objects())
         del mem_pointer, mem_consumable, mem_consumable2
         memmanager.collect_delayed()
         consumable.append(0)

@@ -137,9 +137,9 @@ AllocatorObject *allocator_new(mm_state *st, const char *name,
                                const MemManagerAllocator *vtable,
                                PyObject *keeper)
 {
-    int slot = region_registry_stats_slot(name);
+    int slot = region_registry_stats_slot(name, strlen(name));
     if (slot < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "too many allocators registered");
+        PyErr_NoMemory();   /* the stats table grows: only memory limits it */
         return NULL;
     }
     AllocatorObject *self = PyObject_GC_New(AllocatorObject, st->allocator_type);
@@ -381,6 +381,9 @@ static int fill_block(AllocatorObject *alloc, char *ptr, int init_byte, size_t s
     return 0;
 }
 
+/* Guarded blocks below this size are zeroed by alloc_block_general. */
+#define GUARDED_ZERO_HERE_BELOW ((size_t)128 << 10)
+
 /* The front guard and the total size of a guarded block; -1 on overflow. */
 static int guard_sizes(AllocatorObject *alloc, const mm_request *req,
                        size_t size, size_t *front, size_t *total)
@@ -411,6 +414,7 @@ static MM_NOINLINE int alloc_block_general(AllocatorObject *alloc,
     size_t front = 0, total = size;
     mm_raw raw;
     int zero = (init_byte == 0);
+    int zero_here = 0;
 
     if (alloc->consume_only) {
         PyErr_Format(PyExc_ValueError,
@@ -419,11 +423,24 @@ static MM_NOINLINE int alloc_block_general(AllocatorObject *alloc,
         return -1;
     }
     if ((alloc->device_hooks != NULL && alloc->device_hooks->prepare(alloc) < 0) ||
-        (alloc->guarded && guard_sizes(alloc, req, size, &front, &total) < 0) ||
-        alloc->ops->allocate(alloc, req, total, zero, &raw) < 0) {
+        (alloc->guarded && guard_sizes(alloc, req, size, &front, &total) < 0)) {
+        return -1;
+    }
+    /* A guarded small block is zeroed here, its own bytes only: the kind
+     * would zero the alignment's padding in front of it too (pages of it
+     * for a large alignment).  Large ones keep the kind's lazy zero pages. */
+    if (zero && alloc->guarded && size < GUARDED_ZERO_HERE_BELOW) {
+        zero = 0;
+        zero_here = 1;
+    }
+    if (alloc->ops->allocate(alloc, req, total, zero, &raw) < 0) {
         return -1;
     }
     char *ptr = raw.base + front;
+    if (zero_here) {
+        memset(ptr, 0, size);
+        zero = 1;
+    }
     if (!alloc->fills_itself) {
         /* Zeroed blocks are left to the kernel's lazy zero pages, untouched. */
         if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {

@@ -2,12 +2,17 @@
  * allocator_debug.c -- what MEMMANAGER_DEBUG=1 (read at import) switches
  * on in the C core:
  *
- *   - guard bytes: the guarded allocators (CMalloc, Aligned, Mmap) put a
- *     run of GUARD_BYTE in front of each block (at least 64 bytes, and a
- *     multiple of the block's alignment, so the block stays aligned) and
- *     64 after it.  At free they are checked; damage is reported on stderr
- *     and as a RuntimeWarning, and the block is freed all the same: an
- *     overrun is never silent and never a crash.
+ *   - guard bytes: the guarded allocators (CMalloc, Aligned, Mmap) put 64
+ *     bytes of GUARD_BYTE right in front of each block and 64 right after
+ *     it.  The block is placed at a multiple of its alignment, so the
+ *     offset from the start of what was allocated (the front guard's
+ *     span, `mm_block.guard`) is at least 64 and a multiple of the
+ *     alignment; only its last 64 bytes are written and checked.  The
+ *     rest is never touched, so a page-aligned or 1 GiB-aligned 1-byte
+ *     block costs a few resident bytes more, not the alignment's worth of
+ *     pages (it used to fill the whole span).  At free they are checked;
+ *     damage is reported on stderr and as a RuntimeWarning, and the block
+ *     is freed all the same: an overrun is never silent and never a crash.
  *   - registry checks: the live-region registry's invariants are checked
  *     after every insert and remove (buffer.c calls debug_check_registry);
  *     a violation is reported the same way.
@@ -30,8 +35,9 @@ size_t debug_guard_front(size_t alignment)
 
 void debug_write_guards(char *base, size_t front, size_t size)
 {
-    memset(base, GUARD_BYTE, front);
-    memset(base + front + size, GUARD_BYTE, DEBUG_GUARD_BACK);
+    char *block = base + front;
+    memset(block - GUARD_FRONT_MIN, GUARD_BYTE, GUARD_FRONT_MIN);
+    memset(block + size, GUARD_BYTE, DEBUG_GUARD_BACK);
 }
 
 /* Offset of the first damaged byte of [start, start + length), or -1. */
@@ -60,9 +66,10 @@ static void report(const char *message)
 
 void debug_check_guards(AllocatorObject *alloc, const mm_block *block)
 {
-    const unsigned char *front = (const unsigned char *)block->address - block->guard;
+    size_t front_length = block->guard < GUARD_FRONT_MIN ? block->guard : GUARD_FRONT_MIN;
+    const unsigned char *front = (const unsigned char *)block->address - front_length;
     const unsigned char *back = (const unsigned char *)block->address + block->size;
-    Py_ssize_t before = first_damaged(front, block->guard);
+    Py_ssize_t before = first_damaged(front, front_length);
     Py_ssize_t after = first_damaged(back, DEBUG_GUARD_BACK);
     if (before < 0 && after < 0) {
         return;
@@ -85,7 +92,7 @@ void debug_check_guards(AllocatorObject *alloc, const mm_block *block)
                  "buffer underrun: the guard bytes before the %zu-byte block at "
                  "0x%" PRIxPTR " (allocator %s) were overwritten, %zu bytes "
                  "before its start", block->size, (uintptr_t)block->address,
-                 name, block->guard - (size_t)before);
+                 name, front_length - (size_t)before);
     }
     report(message);
 }

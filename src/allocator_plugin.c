@@ -193,11 +193,11 @@ static const char *checked_name(mm_state *st, PyObject *name)
     if (utf8 == NULL) {
         return NULL;
     }
-    if (length == 0 || length >= REGION_STATS_NAME_MAX ||
-        strlen(utf8) != (size_t)length) {
+    /* Any length: the registry's stats table keeps its own copy. */
+    if (length == 0 || strlen(utf8) != (size_t)length) {
         PyErr_Format(PyExc_ValueError,
-                     "an allocator name has 1 to %d characters and no NUL, not %R",
-                     REGION_STATS_NAME_MAX - 1, name);
+                     "an allocator name is a non-empty str without NUL, not %.200R",
+                     name);
         return NULL;
     }
     PyObject *existing = PyDict_GetItemWithError(st->allocators, name);

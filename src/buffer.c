@@ -10,7 +10,7 @@
  *             self.allocator = allocators[kw.get("allocator", "PyAlloc")]
  *             self.data = self.allocator.malloc(num_items * item_size, init)
  *             registry.insert(self.data, self.nbytes)   # OverlapError
- *             if kw.get("delayed_gc"): pinned[id(self)] = self
+ *             if kw.get("delayed_gc"): pinned[self.identifier] = self
  *         def release(self):
  *             if self.exports: raise BufferError
  *             self.death_stub(info); registry.remove(self); allocator.free(...)
@@ -94,11 +94,39 @@ int buffer_check_writable(BufferObject *self)
     return 0;
 }
 
+/* Identifiers: a process-wide 64-bit counter, so one is never reused
+ * (id() is, and a stale one would then name an unrelated buffer to
+ * collect_delayed or an OverlapError).  Every caller holds the GIL, which
+ * the subinterpreters share (the module does not claim a GIL of its own);
+ * a free-threaded build counts atomically.  2**64 buffers do not happen. */
+static uint64_t last_identifier = 0;
+
+static uint64_t next_identifier(void)
+{
+#ifdef Py_GIL_DISABLED
+    return __atomic_add_fetch(&last_identifier, 1, __ATOMIC_RELAXED);
+#else
+    return ++last_identifier;
+#endif
+}
+
+PyObject *buffer_identifier(BufferObject *self)
+{
+    return PyLong_FromUnsignedLongLong((unsigned long long)self->identifier);
+}
+
+static void buffer_finalize(PyObject *op);
+static void adopt_subclass_finalizer(PyTypeObject *type);
+
 /* A new, empty buffer object of the sizes in a (checked by parse_sizes). */
 BufferObject *buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
 {
+    if (MM_UNLIKELY(type->tp_finalize != buffer_finalize)) {
+        adopt_subclass_finalizer(type);   /* a subclass with __del__ */
+    }
     BufferObject *self = (BufferObject *)type->tp_alloc(type, 0);
     if (self != NULL) {
+        self->identifier = next_identifier();
         self->stub_done = 1;   /* no stub until construction completes */
         self->num_items = a->num_items;
         self->item_size = a->item_size;
@@ -112,7 +140,7 @@ int buffer_register_region(mm_state *st, BufferObject *self)
     region_info other;
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
-    if (region_registry_insert(&self->node, start, end, (uintptr_t)self,
+    if (region_registry_insert(&self->node, start, end, self->identifier,
                                self->allocator->stats_slot, &other) != 0) {
         raise_overlap(st, start, end, &other);
         return -1;
@@ -164,6 +192,7 @@ int buffer_release_memory(BufferObject *self)
     }
     char *data = self->data;
     self->released = 1;
+    self->release_deferred = 0;
     self->data = NULL;
     if (self->device != NULL) {
         device_state_free(self);   /* the device copies go first */
@@ -188,12 +217,12 @@ int buffer_release_memory(BufferObject *self)
 
 static PyObject *death_stub_info(BufferObject *self)
 {
-    return Py_BuildValue("{s:N,s:n,s:n,s:n,s:N}",
+    return Py_BuildValue("{s:N,s:n,s:n,s:n,s:K}",
                          "buffer_address", PyLong_FromVoidPtr(self->data),
                          "buffer_size", self->nbytes,
                          "element_size", self->item_size,
                          "num_of_elements", self->num_items,
-                         "identifier", PyLong_FromVoidPtr(self));
+                         "identifier", (unsigned long long)self->identifier);
 }
 
 /* Calls the stub once, with the memory still there; errors go to
@@ -224,6 +253,94 @@ void buffer_run_death_stub(BufferObject *self)
 static void buffer_finalize(PyObject *op)
 {
     buffer_run_death_stub((BufferObject *)op);
+}
+
+/* A subclass's __del__ replaces the finalizer (tp_finalize) it inherits,
+ * and would keep the death stub from running, in a collected cycle above
+ * all, where nothing else may call it safely (by the time tp_clear runs,
+ * the collector may have cleared the stub's function).  So a Python
+ * subclass that defines __del__ gets this finalizer instead, patched in
+ * when an instance is made: the stub first, then __del__, as CPython's
+ * own slot would call it.  The collector and dealloc then handle a
+ * resurrection by either, as for any finalizer. */
+static PyObject *find_subclass_del(PyTypeObject *type)
+{
+    PyObject *mro = type->tp_mro;
+    mm_state *st = mm_state_from_type(type);
+    if (st == NULL || mro == NULL || !PyTuple_Check(mro)) {
+        PyErr_Clear();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+        if (base == st->buffer_type || !PyType_Check(base)) {
+            return NULL;   /* Buffer's own __del__ is buffer_finalize */
+        }
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *dict = PyType_GetDict(base);
+#else
+        PyObject *dict = Py_XNewRef(base->tp_dict);
+#endif
+        if (dict == NULL) {
+            continue;
+        }
+        PyObject *del = Py_XNewRef(PyDict_GetItemString(dict, "__del__"));
+        Py_DECREF(dict);
+        if (del != NULL) {
+            return del;
+        }
+    }
+    return NULL;
+}
+
+static void buffer_subclass_finalize(PyObject *op)
+{
+    buffer_run_death_stub((BufferObject *)op);
+    PyObject *exc_type, *exc_value, *exc_tb;
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *del = find_subclass_del(Py_TYPE(op));
+    if (del != NULL) {
+        descrgetfunc get = Py_TYPE(del)->tp_descr_get;
+        PyObject *bound = get ? get(del, op, (PyObject *)Py_TYPE(op)) : Py_NewRef(del);
+        PyObject *result = bound ? PyObject_CallNoArgs(bound) : NULL;
+        if (result == NULL) {
+            PyErr_WriteUnraisable(del);
+        }
+        Py_XDECREF(result);
+        Py_XDECREF(bound);
+        Py_DECREF(del);
+    }
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+}
+
+static void adopt_subclass_finalizer(PyTypeObject *type)
+{
+    if (type->tp_finalize == buffer_subclass_finalize ||
+        !(type->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+        return;
+    }
+    PyObject *del = find_subclass_del(type);
+    if (del != NULL) {   /* else a C subclass's own finalizer: dealloc covers it */
+        type->tp_finalize = buffer_subclass_finalize;
+        Py_DECREF(del);
+    }
+}
+
+/* dealloc found the stub not run: a subclass whose finalizer was not ours
+ * (a C subclass's, or __del__ assigned after the instance was made).  As
+ * PyObject_CallFinalizerFromDealloc does, the object is alive (one
+ * reference) while the stub runs; -1 when the stub resurrected it. */
+static int run_stub_from_dealloc(BufferObject *self)
+{
+    PyObject *op = (PyObject *)self;
+    Py_SET_REFCNT(op, 1);
+    buffer_run_death_stub(self);
+    if (Py_REFCNT(op) == 1) {
+        Py_SET_REFCNT(op, 0);
+        return 0;
+    }
+    Py_SET_REFCNT(op, Py_REFCNT(op) - 1);
+    return -1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -266,6 +383,12 @@ static void buffer_dealloc(PyObject *op)
     /* The stub runs while the object is still tracked, so a buffer it
      * resurrects (through a weak reference) stays under the collector. */
     if (self->death_stub != NULL && PyObject_CallFinalizerFromDealloc(op) < 0) {
+        return;   /* resurrected by the death stub */
+    }
+    /* A subclass's finalizer ran instead of ours (or none did): the stub
+     * still runs, exactly once (stub_done). */
+    if (self->death_stub != NULL && !self->stub_done && !self->released &&
+        run_stub_from_dealloc(self) < 0) {
         return;   /* resurrected by the death stub */
     }
     PyObject_GC_UnTrack(op);
@@ -443,14 +566,95 @@ static PyObject *buffer_enter(PyObject *op, PyObject *Py_UNUSED(unused))
     return Py_NewRef(op);
 }
 
-static PyObject *buffer_exit(PyObject *op, PyObject *const *Py_UNUSED(args),
-                             Py_ssize_t Py_UNUSED(nargs))
+/* The last export of a buffer whose release __exit__ deferred ended:
+ * release it now.  This runs inside whoever gave the export back
+ * (PyBuffer_Release in a memoryview's dealloc or tp_clear, a capsule's
+ * deleter, another buffer's release): the buffer is held, the caller's
+ * exception is kept, and nothing is raised; if the death stub took a new
+ * export, the release waits for that one in turn. */
+static void finish_deferred_release(BufferObject *self)
 {
-    PyObject *result = buffer_release_method(op, NULL);
+    PyObject *exc_type, *exc_value, *exc_tb;
+    Py_INCREF(self);
+    PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+    PyObject *result = buffer_release_method((PyObject *)self, NULL);
     if (result == NULL) {
+        if (self->exports > 0 && !self->released &&
+            PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();   /* still deferred, to the new last export */
+        }
+        else {
+            self->release_deferred = 0;
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+    }
+    Py_XDECREF(result);
+    PyErr_Restore(exc_type, exc_value, exc_tb);
+    Py_DECREF(self);
+}
+
+void buffer_export_ended(BufferObject *self)
+{
+    self->exports--;
+    assert(self->exports >= 0);
+    if (MM_UNLIKELY(self->release_deferred) && self->exports == 0 &&
+        !self->released) {
+        finish_deferred_release(self);
+    }
+}
+
+/* Says on the exception leaving the with block that the release waits
+ * for the exports (a note, PEP 678).  Never raises. */
+static void note_deferred_release(PyObject *exc, Py_ssize_t exports)
+{
+    PyObject *note = PyUnicode_FromFormat(
+        "memmanager: the Buffer's release was deferred: it has %zd live "
+        "export(s); its memory is freed when the last one ends", exports);
+    PyObject *result = note ? PyObject_CallMethod(exc, "add_note", "O", note) : NULL;
+    if (result == NULL) {
+        PyErr_Clear();   /* e.g. __notes__ replaced by something else */
+    }
+    Py_XDECREF(result);
+    Py_XDECREF(note);
+}
+
+/* __exit__ never replaces an exception that is leaving the block: if the
+ * release cannot happen now because of live exports, it is deferred to
+ * the last export's end; any other failure goes to sys.unraisablehook.
+ * Without an exception, a failed release raises as release() does. */
+static PyObject *buffer_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    BufferObject *self = (BufferObject *)op;
+    PyObject *leaving = NULL;
+    for (Py_ssize_t i = 0; i < nargs && i < 2; i++) {
+        if (PyExceptionInstance_Check(args[i])) {
+            leaving = args[i];   /* (type, value, tb): value, or a lone exception */
+        }
+    }
+    Py_XINCREF(leaving);
+    PyObject *result = buffer_release_method(op, NULL);
+    if (result != NULL) {
+        Py_DECREF(result);
+        Py_XDECREF(leaving);
+        Py_RETURN_FALSE;
+    }
+    if (leaving == NULL) {
         return NULL;
     }
-    Py_DECREF(result);
+    if (!self->released && self->exports > 0 &&
+        PyErr_ExceptionMatches(PyExc_BufferError)) {
+        PyErr_Clear();
+        self->release_deferred = 1;
+        note_deferred_release(leaving, self->exports);
+        /* the note's code may have ended the exports meanwhile */
+        if (self->exports == 0 && self->release_deferred && !self->released) {
+            finish_deferred_release(self);
+        }
+    }
+    else {
+        PyErr_WriteUnraisable(op);
+    }
+    Py_DECREF(leaving);
     Py_RETURN_FALSE;
 }
 
@@ -487,7 +691,7 @@ static PyObject *get_num_items(PyObject *op, void *Py_UNUSED(closure))
 
 static PyObject *get_identifier(PyObject *op, void *Py_UNUSED(closure))
 {
-    return PyLong_FromVoidPtr(op);
+    return buffer_identifier((BufferObject *)op);
 }
 
 static PyObject *get_allocator(PyObject *op, void *Py_UNUSED(closure))
@@ -580,7 +784,8 @@ static PyGetSetDef buffer_getset[] = {
     {"itemsize", get_itemsize, NULL, "Size of one item in bytes.", NULL},
     {"num_items", get_num_items, NULL, "Number of items.", NULL},
     {"identifier", get_identifier, NULL,
-     "id(buffer): the key used by death stubs and delayed GC.", NULL},
+     "An int unique for the life of the process, never reused (not id()):\n"
+     "the key used by death stubs, delayed GC and live_buffers().", NULL},
     {"allocator", get_allocator, NULL, "Name of the allocator that made the memory.", NULL},
     {"readonly", get_readonly, NULL, "True when the memory may not be written.", NULL},
     {"delayed_gc", get_delayed_gc, NULL, "True while the buffer is pinned.", NULL},

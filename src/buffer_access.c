@@ -57,9 +57,7 @@ int buffer_getbuffer(PyObject *op, Py_buffer *view, int flags)
 
 void buffer_releasebuffer(PyObject *op, Py_buffer *Py_UNUSED(view))
 {
-    BufferObject *self = (BufferObject *)op;
-    self->exports--;
-    assert(self->exports >= 0);
+    buffer_export_ended((BufferObject *)op);
 }
 
 /* ------------------------------------------------------------------ */
@@ -152,7 +150,7 @@ static PyObject *copy_to_bytes(BufferObject *self, Py_ssize_t offset,
     Py_BEGIN_ALLOW_THREADS
     memcpy(target, source, (size_t)length);
     Py_END_ALLOW_THREADS
-    self->exports--;
+    buffer_export_ended(self);   /* may finish a release __exit__ deferred */
     return result;
 }
 

@@ -56,9 +56,8 @@ static void detach(DeviceViewObject *self)
         self->mapping->views--;
         self->mapping = NULL;
     }
-    buffer->exports--;
-    assert(buffer->exports >= 0);
     self->buffer = NULL;
+    buffer_export_ended(buffer);
     Py_DECREF(buffer);
 }
 

@@ -23,7 +23,7 @@ int delayed_gc_pin(mm_state *st, BufferObject *self)
                         "cannot pin a buffer: memmanager is shutting down");
         return -1;
     }
-    PyObject *key = PyLong_FromVoidPtr(self);
+    PyObject *key = buffer_identifier(self);
     if (key == NULL) {
         return -1;
     }
@@ -35,6 +35,23 @@ int delayed_gc_pin(mm_state *st, BufferObject *self)
     return rc;
 }
 
+/* Removes the entry under key, if any, and gives the value to the caller
+ * (a new reference, or NULL with no error when there was none).  The key
+ * is an exact int, so neither step runs Python code. */
+static int pop_pinned(mm_state *st, PyObject *key, PyObject **value)
+{
+    *value = PyDict_GetItemWithError(st->pinned, key);
+    if (*value == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_INCREF(*value);
+    if (PyDict_DelItem(st->pinned, key) < 0) {
+        Py_CLEAR(*value);
+        return -1;
+    }
+    return 0;
+}
+
 /* Drops the module's reference: the caller must hold its own if it goes
  * on using self. */
 int delayed_gc_unpin(mm_state *st, BufferObject *self)
@@ -43,13 +60,15 @@ int delayed_gc_unpin(mm_state *st, BufferObject *self)
         self->pinned = 0;
         return 0;
     }
-    PyObject *key = PyLong_FromVoidPtr(self);
+    PyObject *key = buffer_identifier(self);
+    PyObject *value;
     if (key == NULL) {
         return -1;
     }
     self->pinned = 0;
-    int rc = PyDict_DelItem(st->pinned, key);
+    int rc = pop_pinned(st, key, &value);
     Py_DECREF(key);
+    Py_XDECREF(value);   /* may free self */
     return rc;
 }
 
@@ -61,14 +80,20 @@ PyObject *delayed_gc_identifiers(mm_state *st)
     return PyDict_Keys(st->pinned);
 }
 
-/* An identifier (int) or a Buffer, as a dict key. */
+/* An identifier (an int, or what __index__ makes one) or a Buffer, as an
+ * exact int: a dict key whose hash and comparison run no Python code.
+ * Only __index__ may run code here, before anything is unpinned. */
 static PyObject *identifier_key(mm_state *st, PyObject *item)
 {
     if (PyObject_TypeCheck(item, st->buffer_type)) {
-        return PyLong_FromVoidPtr(item);
+        return buffer_identifier((BufferObject *)item);
     }
-    if (PyLong_Check(item) && !PyBool_Check(item)) {
+    if (PyLong_CheckExact(item)) {
         return Py_NewRef(item);
+    }
+    if (!PyBool_Check(item) && Py_TYPE(item)->tp_as_number != NULL &&
+        Py_TYPE(item)->tp_as_number->nb_index != NULL) {
+        return PyNumber_Index(item);   /* an exact int (3.10 and later) */
     }
     PyErr_Format(PyExc_TypeError,
                  "collect_delayed() takes identifiers (int) or Buffers, not %.100s",
@@ -76,30 +101,68 @@ static PyObject *identifier_key(mm_state *st, PyObject *item)
     return NULL;
 }
 
-/* All keys to unpin, validated before anything is unpinned. */
+/* Objects that iterate, but never over identifiers: their bytes or
+ * characters would be read as identifiers. */
+static int is_not_a_collection_of_identifiers(PyObject *obj)
+{
+    return PyLong_Check(obj) || PyUnicode_Check(obj) || PyBytes_Check(obj) ||
+           PyByteArray_Check(obj) || PyMemoryView_Check(obj);
+}
+
+/* All keys to unpin (exact ints), built before anything is unpinned: None
+ * is every pinned buffer, a Buffer is itself (never an iterable of
+ * identifiers: iterating it would read its bytes), and anything else must
+ * be an iterable of identifiers and Buffers.  The iterator's __next__ and
+ * the items' __index__ run here and may release or collect buffers; only
+ * ints are kept, so nothing they free is used afterwards. */
 static PyObject *keys_to_collect(mm_state *st, PyObject *identifiers)
 {
     if (identifiers == NULL || identifiers == Py_None) {
         return PyDict_Keys(st->pinned);
     }
-    PyObject *items = PySequence_List(identifiers);
-    if (items == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-            PyErr_Format(PyExc_TypeError,
-                         "collect_delayed() takes None or an iterable of "
-                         "identifiers, not %.100s", Py_TYPE(identifiers)->tp_name);
-        }
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
-        PyObject *key = identifier_key(st, PyList_GET_ITEM(items, i));
+    if (PyObject_TypeCheck(identifiers, st->buffer_type)) {
+        PyObject *key = buffer_identifier((BufferObject *)identifiers);
         if (key == NULL) {
-            Py_DECREF(items);
             return NULL;
         }
-        PyList_SetItem(items, i, key);   /* steals key, drops the item */
+        PyObject *keys = PyList_New(1);
+        if (keys == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyList_SET_ITEM(keys, 0, key);
+        return keys;
     }
-    return items;
+    PyObject *iterator = is_not_a_collection_of_identifiers(identifiers) ? NULL
+                       : PyObject_GetIter(identifiers);
+    if (iterator == NULL) {
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_TypeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "collect_delayed() takes None, a Buffer, or an iterable "
+                     "of identifiers and Buffers, not %.100s",
+                     Py_TYPE(identifiers)->tp_name);
+        return NULL;
+    }
+    PyObject *keys = PyList_New(0);
+    PyObject *item;
+    while (keys != NULL && (item = PyIter_Next(iterator)) != NULL) {
+        PyObject *key = identifier_key(st, item);
+        Py_DECREF(item);
+        if (key == NULL || PyList_Append(keys, key) < 0) {
+            Py_XDECREF(key);
+            Py_CLEAR(keys);
+            break;
+        }
+        Py_DECREF(key);
+    }
+    Py_DECREF(iterator);
+    if (keys != NULL && PyErr_Occurred()) {   /* __next__ raised */
+        Py_CLEAR(keys);
+    }
+    return keys;
 }
 
 PyObject *delayed_gc_collect(mm_state *st, PyObject *identifiers)
@@ -115,18 +178,31 @@ PyObject *delayed_gc_collect(mm_state *st, PyObject *identifiers)
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
         PyObject *key = PyList_GET_ITEM(keys, i);
-        PyObject *buffer = PyDict_GetItemWithError(st->pinned, key);
-        if (buffer == NULL) {
-            if (PyErr_Occurred()) {
-                goto error;
-            }
-            continue;   /* not pinned (any more): skipped */
+        PyObject *value;
+        /* Looked up again each time: a stub run by the previous unpin may
+         * have released, collected or pinned anything (or, at shutdown,
+         * the dict may be gone). */
+        if (shutting_down(st)) {
+            break;
         }
-        if (PyList_Append(collected, key) < 0) {
+        if (pop_pinned(st, key, &value) < 0) {
             goto error;
         }
+        if (value == NULL) {
+            continue;   /* not pinned (any more), or never was: ignored */
+        }
+        if (PyObject_TypeCheck(value, st->buffer_type)) {
+            BufferObject *buffer = (BufferObject *)value;
+            if (buffer->pinned && buffer->identifier ==
+                    (uint64_t)PyLong_AsUnsignedLongLong(key)) {
+                buffer->pinned = 0;
+            }
+        }
+        PyErr_Clear();   /* a key that is no identifier cannot be pinned */
+        int rc = PyList_Append(collected, key);
         /* May free the buffer right here, running its stub. */
-        if (delayed_gc_unpin(st, (BufferObject *)buffer) < 0) {
+        Py_DECREF(value);
+        if (rc < 0) {
             goto error;
         }
     }
@@ -142,25 +218,31 @@ error:
  * unpinned after its stub ran, and freed when its last export goes. */
 PyObject *delayed_gc_release_all(mm_state *st)
 {
-    if (shutting_down(st)) {
-        Py_RETURN_NONE;
-    }
-    PyObject *buffers = PyDict_Values(st->pinned);
-    if (buffers == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(buffers); i++) {
-        PyObject *buffer = PyList_GET_ITEM(buffers, i);
-        PyObject *result = buffer_release_method(buffer, NULL);
-        if (result == NULL) {
-            PyErr_Clear();
-            buffer_run_death_stub((BufferObject *)buffer);
-            if (delayed_gc_unpin(st, (BufferObject *)buffer) < 0) {
-                PyErr_Clear();
-            }
+    /* A stub may pin new buffers: a few more rounds release those too;
+     * whatever a stub keeps pinning after that is freed (stub and all)
+     * when the module state is cleared. */
+    for (int round = 0; round < 8 && !shutting_down(st) &&
+                        PyDict_GET_SIZE(st->pinned) > 0; round++) {
+        PyObject *buffers = PyDict_Values(st->pinned);
+        if (buffers == NULL) {
+            return NULL;
         }
-        Py_XDECREF(result);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(buffers); i++) {
+            PyObject *buffer = PyList_GET_ITEM(buffers, i);   /* held by the list */
+            if (!PyObject_TypeCheck(buffer, st->buffer_type)) {
+                continue;
+            }
+            PyObject *result = buffer_release_method(buffer, NULL);
+            if (result == NULL) {
+                PyErr_Clear();
+                buffer_run_death_stub((BufferObject *)buffer);
+                if (delayed_gc_unpin(st, (BufferObject *)buffer) < 0) {
+                    PyErr_Clear();
+                }
+            }
+            Py_XDECREF(result);
+        }
+        Py_DECREF(buffers);
     }
-    Py_DECREF(buffers);
     Py_RETURN_NONE;
 }

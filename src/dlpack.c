@@ -277,9 +277,7 @@ int dlpack_check_readonly(int readonly, int versioned, const char *what,
 
 static void buffer_unexport(PyObject *owner)
 {
-    BufferObject *self = (BufferObject *)owner;
-    self->exports--;
-    assert(self->exports >= 0);
+    buffer_export_ended((BufferObject *)owner);
 }
 
 static const mm_dl_device cpu_device = {MM_DL_CPU, 0};
@@ -318,7 +316,7 @@ static PyObject *copy_of(BufferObject *self)
     Py_BEGIN_ALLOW_THREADS
     memcpy(target, self->data, (size_t)self->nbytes);
     Py_END_ALLOW_THREADS
-    self->exports--;
+    buffer_export_ended(self);   /* may finish a release __exit__ deferred */
     return copy;
 }
 

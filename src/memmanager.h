@@ -354,6 +354,7 @@ typedef struct {
     PyObject *weakreflist;
     PyObject *views;          /* dict: view name -> entry (views.c), or NULL */
     region_node node;         /* this buffer's entry in the live-region registry */
+    uint64_t identifier;      /* unique for the process's life (buffer_alloc_object) */
     struct mm_device_state *device; /* GPU mappings (cuda_device.c), or NULL */
     /* One-shot region requested by region(): consumed by the next getbuffer. */
     Py_ssize_t pending_offset;
@@ -367,6 +368,8 @@ typedef struct {
     unsigned char has_pending_region;
     unsigned char pending_readonly;
     unsigned char host_inaccessible; /* device memory: no host reads or writes */
+    unsigned char release_deferred; /* __exit__ with an exception and live
+                                       exports: release when the last ends */
     /* The allocator kind's per-block state and the guard-byte offset
      * (mm_block.cookie, .guard), handed back to it at free. */
     void *block_cookie;
@@ -385,6 +388,7 @@ void buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
                         const mm_block *block);
 int buffer_release_memory(BufferObject *self);
 int buffer_check_live(BufferObject *self);
+PyObject *buffer_identifier(BufferObject *self);   /* a new int */
 int buffer_check_writable(BufferObject *self);
 int buffer_check_host_access(BufferObject *self);
 int buffer_finish_construction(mm_state *st, BufferObject *self,
@@ -392,6 +396,10 @@ int buffer_finish_construction(mm_state *st, BufferObject *self,
 mm_state *buffer_state(BufferObject *self);
 PyObject *buffer_release_method(PyObject *self, PyObject *unused);
 void buffer_run_death_stub(BufferObject *self);
+/* Every exporter calls this (GIL held) when one of its exports of self
+ * ends, instead of decrementing exports itself: the last one finishes a
+ * release that __exit__ deferred. */
+void buffer_export_ended(BufferObject *self);
 
 /* buffer_args.c: values parsed from (options mapping, keywords). */
 typedef struct {

@@ -43,7 +43,7 @@ void raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,
     char message[256];
     snprintf(message, sizeof(message),
              "region [0x%" PRIxPTR ", 0x%" PRIxPTR ") overlaps the live region "
-             "[0x%" PRIxPTR ", 0x%" PRIxPTR ") of the buffer with identifier %" PRIuPTR,
+             "[0x%" PRIxPTR ", 0x%" PRIxPTR ") of the buffer with identifier %" PRIu64,
              start, end, other->start, other->end, other->owner_id);
     PyErr_SetString(st->OverlapError, message);
 }
@@ -75,54 +75,74 @@ static int set_stats_item(PyObject *result, const char *name, const region_stats
 
 static PyObject *mm_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
-    static char names[REGION_STATS_MAX_SLOTS][REGION_STATS_NAME_MAX];
-    static region_stats per_slot[REGION_STATS_MAX_SLOTS];
     region_stats total;
-    int n = region_registry_stats(names, per_slot, &total);
+    ptrdiff_t n;
+    region_named_stats *per_name = region_registry_stats(&n, &total);
+    if (n < 0) {
+        return PyErr_NoMemory();
+    }
     PyObject *result = PyDict_New();
     if (result == NULL || set_stats_item(result, "total", &total) < 0) {
         goto error;
     }
-    for (int i = 0; i < n; i++) {
-        if (set_stats_item(result, names[i], &per_slot[i]) < 0) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        if (set_stats_item(result, per_name[i].name, &per_name[i].stats) < 0) {
             goto error;
         }
     }
+    PyMem_RawFree(per_name);
     return result;
 error:
+    PyMem_RawFree(per_name);
     Py_XDECREF(result);
     return NULL;
 }
 
 static PyObject *live_buffer_row(BufferObject *b)
 {
-    return Py_BuildValue("(NONnnO)", PyLong_FromVoidPtr(b),
+    return Py_BuildValue("(NONnnO)", buffer_identifier(b),
                          b->allocator->name,
                          PyLong_FromVoidPtr(b->data), b->nbytes, b->exports,
                          b->pinned ? Py_True : Py_False);
 }
 
-static PyObject *mm_live_buffers(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+/* The buffer whose registry node this is (nodes live inside Buffers). */
+static BufferObject *node_buffer(region_node *node)
 {
-    /* The snapshot holds raw pointers to Buffers, so none may die before
-     * its row is built.  This thread keeps the GIL throughout and runs no
-     * Python code, but the allocations below could start a collection,
-     * which frees garbage cycles holding buffers and runs finalizers (that
-     * may release any buffer, or switch threads): the collector is paused
-     * for the duration. */
+    return (BufferObject *)((char *)node - offsetof(BufferObject, node));
+}
+
+static PyObject *mm_live_buffers(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    /* The snapshot holds raw pointers to the registry's nodes, which live
+     * inside their Buffers, so none may die before its row is built.  This
+     * thread keeps the GIL throughout and runs no Python code, but the
+     * allocations below could start a collection, which frees garbage
+     * cycles holding buffers and runs finalizers (that may release any
+     * buffer, or switch threads): the collector is paused for the
+     * duration.  The identifier is no pointer: the buffer is found from its
+     * node.  The registry is process-wide; the rows are this
+     * interpreter's buffers only (another's objects are not ours to use). */
+    mm_state *st = module_state(module);
     int collector_was_enabled = PyGC_Disable();
     ptrdiff_t count;
-    uintptr_t *owners = region_registry_owners(&count);
-    PyObject *rows = count < 0 ? PyErr_NoMemory() : PyList_New(count);
+    region_node **nodes = region_registry_nodes(&count);
+    PyObject *rows = count < 0 ? PyErr_NoMemory() : PyList_New(0);
     for (ptrdiff_t i = 0; rows != NULL && i < count; i++) {
-        PyObject *row = live_buffer_row((BufferObject *)owners[i]);
-        if (row == NULL) {
+        BufferObject *b = node_buffer(nodes[i]);
+        if (mm_state_from_type(Py_TYPE(b)) != st) {
+            PyErr_Clear();
+            continue;
+        }
+        PyObject *row = live_buffer_row(b);
+        if (row == NULL || PyList_Append(rows, row) < 0) {
+            Py_XDECREF(row);
             Py_CLEAR(rows);
             break;
         }
-        PyList_SET_ITEM(rows, i, row);
+        Py_DECREF(row);
     }
-    PyMem_RawFree(owners);
+    PyMem_RawFree(nodes);
     if (collector_was_enabled) {
         PyGC_Enable();
     }

@@ -34,6 +34,7 @@
 #include <sched.h>
 #include <assert.h>
 #include <string.h>
+#include <limits.h>
 
 #include "region_registry.h"
 
@@ -50,9 +51,23 @@ static region_node *tree_root = NULL;
 static ptrdiff_t tree_size = 0;
 static uint64_t priority_counter = 0;
 
-static char stats_names[REGION_STATS_MAX_SLOTS][REGION_STATS_NAME_MAX];
-static region_stats stats_slots[REGION_STATS_MAX_SLOTS];
+/* The counters of each allocator name, in a table that grows with the
+ * names (nothing but memory limits them), and an open-addressing index
+ * over the names: slot + 1, or 0 for an empty entry.  A node refers to
+ * its slot by index, so the table may move when it grows (under the
+ * lock, like every access).  Names and slots are never freed. */
+typedef struct {
+    char *name;                 /* NUL-terminated copy */
+    size_t length;
+    uint64_t hash;
+    region_stats stats;
+} stats_slot_entry;
+
+static stats_slot_entry *stats_slots = NULL;
 static int stats_slot_count = 0;
+static int stats_slot_capacity = 0;
+static int *stats_index = NULL;
+static size_t stats_index_size = 0;     /* a power of two, or 0 */
 static region_stats stats_total;
 
 /* ------------------------------------------------------------------ */
@@ -298,7 +313,7 @@ static void stats_sub(region_stats *s, uint64_t nbytes)
 /* ------------------------------------------------------------------ */
 
 int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
-                           uintptr_t owner_id, int stats_slot,
+                           uint64_t owner_id, int stats_slot,
                            region_info *conflict)
 {
     node->start = start;
@@ -314,7 +329,7 @@ int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
         return 1;
     }
     node->linked = 1;
-    stats_add(&stats_slots[stats_slot], end - start);
+    stats_add(&stats_slots[stats_slot].stats, end - start);
     stats_add(&stats_total, end - start);
     unlock_registry(locked);
     return 0;
@@ -326,7 +341,7 @@ void region_registry_remove(region_node *node)
     if (node->linked) {
         tree_remove(node);
         node->linked = 0;
-        stats_sub(&stats_slots[node->stats_slot], node->end - node->start);
+        stats_sub(&stats_slots[node->stats_slot].stats, node->end - node->start);
         stats_sub(&stats_total, node->end - node->start);
     }
     unlock_registry(locked);
@@ -344,68 +359,156 @@ int region_registry_find_overlap(uintptr_t start, uintptr_t end,
     return other != NULL;
 }
 
-int region_registry_stats_slot(const char *name)
+/* FNV-1a: names are short, and registering one is rare. */
+static uint64_t name_hash(const char *name, size_t length)
 {
-    int slot = -1;
-    int locked = lock_registry();
-    for (int i = 0; i < stats_slot_count; i++) {
-        if (strncmp(stats_names[i], name, REGION_STATS_NAME_MAX - 1) == 0) {
-            slot = i;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < length; i++) {
+        h = (h ^ (unsigned char)name[i]) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* The index entry where name is, or the empty one where it would go. */
+static size_t index_probe(const int *index, size_t size, const char *name,
+                          size_t length, uint64_t hash)
+{
+    size_t mask = size - 1;
+    size_t at = (size_t)hash & mask;
+    while (index[at] != 0) {
+        const stats_slot_entry *e = &stats_slots[index[at] - 1];
+        if (e->hash == hash && e->length == length &&
+            memcmp(e->name, name, length) == 0) {
             break;
         }
+        at = (at + 1) & mask;
     }
-    if (slot < 0 && stats_slot_count < REGION_STATS_MAX_SLOTS) {
-        slot = stats_slot_count++;
-        strncpy(stats_names[slot], name, REGION_STATS_NAME_MAX - 1);
-        stats_names[slot][REGION_STATS_NAME_MAX - 1] = '\0';
+    return at;
+}
+
+/* Room for one more name: the table and (kept at most half full) the
+ * index.  -1 when out of memory, with nothing changed. */
+static int stats_reserve(void)
+{
+    if (stats_slot_count == INT_MAX - 1) {
+        return -1;
+    }
+    if (stats_slot_count == stats_slot_capacity) {
+        int capacity = stats_slot_capacity < 16 ? 16
+                     : stats_slot_capacity > INT_MAX / 2 ? INT_MAX - 1
+                     : stats_slot_capacity * 2;
+        stats_slot_entry *grown = PyMem_RawRealloc(
+            stats_slots, sizeof(stats_slot_entry) * (size_t)capacity);
+        if (grown == NULL) {
+            return -1;
+        }
+        stats_slots = grown;
+        stats_slot_capacity = capacity;
+    }
+    if ((size_t)(stats_slot_count + 1) * 2 > stats_index_size) {
+        size_t size = stats_index_size < 32 ? 32 : stats_index_size * 2;
+        if (size > SIZE_MAX / sizeof(int)) {
+            return -1;
+        }
+        int *index = PyMem_RawCalloc(size, sizeof(int));
+        if (index == NULL) {
+            return -1;
+        }
+        for (int i = 0; i < stats_slot_count; i++) {
+            const stats_slot_entry *e = &stats_slots[i];
+            index[index_probe(index, size, e->name, e->length, e->hash)] = i + 1;
+        }
+        PyMem_RawFree(stats_index);
+        stats_index = index;
+        stats_index_size = size;
+    }
+    return 0;
+}
+
+int region_registry_stats_slot(const char *name, size_t length)
+{
+    int slot = -1;
+    uint64_t hash = name_hash(name, length);
+    int locked = lock_registry();
+    size_t at = 0;
+    if (stats_index_size > 0) {
+        at = index_probe(stats_index, stats_index_size, name, length, hash);
+        slot = stats_index[at] - 1;
+    }
+    if (slot < 0 && length < SIZE_MAX && stats_reserve() == 0) {
+        char *copy = PyMem_RawMalloc(length + 1);
+        if (copy != NULL) {
+            memcpy(copy, name, length);
+            copy[length] = '\0';
+            slot = stats_slot_count++;
+            stats_slot_entry *e = &stats_slots[slot];
+            e->name = copy;
+            e->length = length;
+            e->hash = hash;
+            memset(&e->stats, 0, sizeof(e->stats));
+            /* the index may have been rebuilt: probe again */
+            at = index_probe(stats_index, stats_index_size, name, length, hash);
+            stats_index[at] = slot + 1;
+        }
     }
     unlock_registry(locked);
     return slot;
 }
 
-int region_registry_stats(char names[][REGION_STATS_NAME_MAX],
-                          region_stats *stats, region_stats *total)
+region_named_stats *region_registry_stats(ptrdiff_t *count, region_stats *total)
 {
-    int written = 0;
+    region_named_stats *out = NULL;
+    ptrdiff_t written = 0;
     int locked = lock_registry();
-    for (int i = 0; i < stats_slot_count; i++) {
-        if (stats_slots[i].allocations == 0) {
+    *total = stats_total;
+    if (stats_slot_count > 0) {
+        out = PyMem_RawMalloc(sizeof(region_named_stats) * (size_t)stats_slot_count);
+        if (out == NULL) {
+            written = -1;
+        }
+    }
+    for (int i = 0; out != NULL && i < stats_slot_count; i++) {
+        if (stats_slots[i].stats.allocations == 0) {
             continue;   /* registered but never used */
         }
-        memcpy(names[written], stats_names[i], REGION_STATS_NAME_MAX);
-        stats[written] = stats_slots[i];
+        out[written].name = stats_slots[i].name;
+        out[written].stats = stats_slots[i].stats;
         written++;
     }
-    *total = stats_total;
     unlock_registry(locked);
-    return written;
+    *count = written;
+    if (written == 0) {
+        PyMem_RawFree(out);
+        out = NULL;
+    }
+    return out;
 }
 
-static void collect_owners(const region_node *t, uintptr_t *out, ptrdiff_t *n)
+static void collect_nodes(region_node *t, region_node **out, ptrdiff_t *n)
 {
     while (t != NULL) {
-        collect_owners(t->left, out, n);
-        out[(*n)++] = t->owner_id;
+        collect_nodes(t->left, out, n);
+        out[(*n)++] = t;
         t = t->right;
     }
 }
 
-uintptr_t *region_registry_owners(ptrdiff_t *count)
+region_node **region_registry_nodes(ptrdiff_t *count)
 {
     int locked = lock_registry();
-    uintptr_t *owners = NULL;
+    region_node **nodes = NULL;
     *count = 0;
     if (tree_size > 0) {
-        owners = PyMem_RawMalloc(sizeof(uintptr_t) * (size_t)tree_size);
-        if (owners == NULL) {
+        nodes = PyMem_RawMalloc(sizeof(region_node *) * (size_t)tree_size);
+        if (nodes == NULL) {
             *count = -1;
         }
         else {
-            collect_owners(tree_root, owners, count);
+            collect_nodes(tree_root, nodes, count);
         }
     }
     unlock_registry(locked);
-    return owners;
+    return nodes;
 }
 
 /* In-order walk checking order, disjointness, heap order; counts nodes. */

@@ -24,7 +24,7 @@
 typedef struct region_node {
     uintptr_t start;            /* first byte */
     uintptr_t end;              /* one past the last byte */
-    uintptr_t owner_id;         /* the owning buffer's identifier */
+    uint64_t owner_id;          /* the owning buffer's identifier (never reused) */
     struct region_node *left;
     struct region_node *right;
     struct region_node *parent; /* NULL for the root */
@@ -37,7 +37,7 @@ typedef struct region_node {
 typedef struct {
     uintptr_t start;
     uintptr_t end;
-    uintptr_t owner_id;
+    uint64_t owner_id;
 } region_info;
 
 typedef struct {
@@ -48,8 +48,13 @@ typedef struct {
     uint64_t allocated_bytes;
 } region_stats;
 
-#define REGION_STATS_MAX_SLOTS 256
-#define REGION_STATS_NAME_MAX 64
+/* One allocator name's counters, as region_registry_stats() copies them.
+ * `name` is the registry's own NUL-terminated copy, which lives as long
+ * as the process (slots are never freed). */
+typedef struct {
+    const char *name;
+    region_stats stats;
+} region_named_stats;
 
 /* Sets up the lock and fork handlers once per process; 0 on success. */
 int region_registry_init(void);
@@ -64,7 +69,7 @@ int region_registry_locking(void);
 /* Inserts node for [start, end) unless it overlaps a live region, in which
  * case 1 is returned and *conflict describes that region.  0 on success. */
 int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
-                           uintptr_t owner_id, int stats_slot,
+                           uint64_t owner_id, int stats_slot,
                            region_info *conflict);
 
 /* Removes a linked node; a node that is not linked is left alone. */
@@ -74,19 +79,22 @@ void region_registry_remove(region_node *node);
 int region_registry_find_overlap(uintptr_t start, uintptr_t end,
                                  region_info *conflict);
 
-/* Stats slot for an allocator name (created on first use); -1 when full. */
-int region_registry_stats_slot(const char *name);
+/* Stats slot for an allocator name of `length` bytes (no NUL inside),
+ * created on first use; the table grows with the names (memory is the
+ * only limit).  -1 when out of memory. */
+int region_registry_stats_slot(const char *name, size_t length);
 
-/* Copies the counters of every slot that has been used.  Returns the
- * number of slots written to names/stats (at most REGION_STATS_MAX_SLOTS);
+/* Copies the counters of every slot that has been used into a
+ * PyMem_RawMalloc'd array (caller frees), its length in *count; NULL with
+ * *count == 0 when none was used, or with *count == -1 when out of memory.
  * *total receives the process-wide counters. */
-int region_registry_stats(char names[][REGION_STATS_NAME_MAX],
-                          region_stats *stats, region_stats *total);
+region_named_stats *region_registry_stats(ptrdiff_t *count, region_stats *total);
 
-/* Snapshot of the owner ids of all live regions in address order.  Returns
+/* Snapshot of the nodes of all live regions in address order.  Returns
  * a PyMem_RawMalloc'd array (caller frees) and its length in *count;
- * NULL with *count == 0 when empty or out of memory (*count == -1). */
-uintptr_t *region_registry_owners(ptrdiff_t *count);
+ * NULL with *count == 0 when empty or out of memory (*count == -1).  The
+ * nodes are only valid while nothing can remove them (module.c). */
+region_node **region_registry_nodes(ptrdiff_t *count);
 
 /* Checks ordering, disjointness, heap order and the node count; returns
  * the number of live regions, or -1 with a message in *why. */

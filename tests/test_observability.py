@@ -86,7 +86,8 @@ def test_live_buffers_and_report(plugin_name, make_buffer):
     for name in ALLOCATORS + [plugin_name, "total"]:
         assert name in text
     for buf in bufs:
-        assert f"0x{buf.identifier:x}" in text and f"0x{buf.address:x}" in text
+        # identifiers are a counter now, printed in decimal (DESIGN 2)
+        assert f"\n{buf.identifier} " in text and f"0x{buf.address:x}" in text
     lines = text.splitlines()
     header = lines[0]
     row_line = next(line for line in lines if f"0x{bufs[4].address:x}" in line)

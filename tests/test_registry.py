@@ -49,13 +49,13 @@ def test_live_buffers_entry(make_buffer):
     assert entry is not None
     assert isinstance(entry, tuple)
     assert type(entry)._fields == ("identifier", "allocator", "address", "nbytes", "exports", "pinned")
-    assert entry.identifier == id(buf)
+    assert entry.identifier == buf.identifier
     assert entry.allocator == "CMalloc"
     assert entry.address == buf.address
     assert entry.nbytes == 64
     assert entry.exports == 0
     assert entry.pinned is False
-    assert tuple(entry) == (id(buf), "CMalloc", buf.address, 64, 0, False)
+    assert tuple(entry) == (buf.identifier, "CMalloc", buf.address, 64, 0, False)
 
 
 def test_live_buffers_exports_and_pinned(make_buffer):
