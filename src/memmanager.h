@@ -112,6 +112,7 @@ typedef struct {
     PyTypeObject *allocator_type;
     PyTypeObject *cached_classmethod_type;
     PyTypeObject *view_entry_type; /* views.c: one stored view */
+    PyTypeObject *view_export_type; /* views.c: a NumPy view's export */
     PyObject *allocators;      /* dict: name -> AllocatorObject; private
                                   (untracked, see allocator.c) */
     PyObject *default_allocator; /* the PyAlloc AllocatorObject */
@@ -444,6 +445,8 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
 
 /* views.c */
 extern PyType_Spec view_entry_type_spec;
+extern PyType_Spec view_export_type_spec;
+PyObject *buffer_view_export(PyObject *self, PyObject *unused);
 int views_add_types(PyObject *module, mm_state *st);
 int buffer_views_traverse(BufferObject *self, visitproc visit, void *arg);
 void buffer_views_clear(BufferObject *self);

@@ -402,6 +402,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->allocator_type);
     Py_VISIT(st->cached_classmethod_type);
     Py_VISIT(st->view_entry_type);
+    Py_VISIT(st->view_export_type);
     if ((rc = visit_private_dict(st->allocators, visit, arg)) != 0 ||
         (rc = visit_private_dict(st->pinned, visit, arg)) != 0) {
         return rc;
@@ -443,6 +444,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->allocator_type);
     Py_CLEAR(st->cached_classmethod_type);
     Py_CLEAR(st->view_entry_type);
+    Py_CLEAR(st->view_export_type);
     Py_CLEAR(st->device_view_type);
     Py_CLEAR(st->cuda_driver);
     return 0;

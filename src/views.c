@@ -234,11 +234,99 @@ static PyObject *view_entry_new(mm_state *st, PyObject *kind, PyObject *view)
     return (PyObject *)self;
 }
 
+/* ------------------------------------------------------------------ */
+/* The _ViewExport type: an export of a buffer nobody can end early    */
+/* ------------------------------------------------------------------ */
+
+/* NumPy keeps the memory of an array made with numpy.frombuffer(obj)
+ * through its `base`: a memoryview of obj when obj's type ends exports
+ * (bf_releasebuffer), as a Buffer's does.  That memoryview is public
+ * (view.base) and memoryview.release() ends the export while the array
+ * still points at the memory: release() would then free it under the
+ * array.  A NumPy view is therefore made over a _ViewExport: it takes one
+ * export of the buffer when made and ends it only when it dies, and hands
+ * the same memory out without counting (no bf_releasebuffer), so NumPy
+ * keeps the object itself as the base.  It has no methods: no Python code
+ * can end the export while an array refers to it.  It has no tp_clear
+ * either: the collector breaks cycles through it at the buffer (which
+ * forgets its views) and at the ViewEntry. */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;    /* an export of the buffer (view.obj holds it) */
+} ViewExport;
+
+static int view_export_getbuffer(PyObject *op, Py_buffer *view, int flags)
+{
+    ViewExport *self = (ViewExport *)op;
+    return PyBuffer_FillInfo(view, op, self->view.buf, self->view.len,
+                             self->view.readonly, flags);
+}
+
+static int view_export_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((ViewExport *)op)->view.obj);
+    return 0;
+}
+
+static void view_export_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((ViewExport *)op)->view.obj != NULL) {
+        PyBuffer_Release(&((ViewExport *)op)->view);
+    }
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot view_export_slots[] = {
+    {Py_tp_traverse, view_export_traverse},
+    {Py_tp_dealloc, view_export_dealloc},
+    {Py_bf_getbuffer, view_export_getbuffer},
+    {0, NULL},
+};
+
+PyType_Spec view_export_type_spec = {
+    .name = "memmanager._ViewExport",
+    .basicsize = sizeof(ViewExport),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = view_export_slots,
+};
+
+/* _view_export() -> an export of the whole buffer, writable unless the
+ * buffer is read-only (for memmanager/_views.py's NumPy kind). */
+PyObject *buffer_view_export(PyObject *op, PyObject *Py_UNUSED(unused))
+{
+    BufferObject *self = (BufferObject *)op;
+    mm_state *st = buffer_state(self);
+    if (st == NULL) {
+        return NULL;
+    }
+    ViewExport *export = PyObject_GC_New(ViewExport, st->view_export_type);
+    if (export == NULL) {
+        return NULL;
+    }
+    export->view.obj = NULL;
+    /* After the allocation (it may have run Python code): the export
+     * checks that the buffer is live. */
+    if (PyObject_GetBuffer(op, &export->view,
+                           self->readonly ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0) {
+        Py_DECREF(export);
+        return NULL;
+    }
+    PyObject_GC_Track((PyObject *)export);
+    return (PyObject *)export;
+}
+
 int views_add_types(PyObject *module, mm_state *st)
 {
     st->view_entry_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &view_entry_type_spec, NULL);
-    return st->view_entry_type == NULL ? -1 : 0;
+    st->view_export_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &view_export_type_spec, NULL);
+    return (st->view_entry_type == NULL || st->view_export_type == NULL) ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------ */
