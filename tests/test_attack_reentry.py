@@ -210,20 +210,38 @@ def test_options_mapping_emptied_by_a_flag():
 
 def test_extra_options_are_private():
     """The dict of allocator options is not in gc.get_objects() while the
-    constructor's flags run Python code (kinds borrow values from it)."""
-    seen = []
-    alignment = int("4096")            # a distinct object, found by identity
+    constructor's flags run Python code: kinds borrow values from it
+    (SharedMemory's name=), and plug-ins are handed a copy."""
+    name = "test_attack_reentry_options"
+    marker = ["a tracked option value"]
+    seen, received = [], []
+
+    class Plugin:
+        def malloc(self, num_items, item_size, init_byte, options):
+            received.append(options)
+            self.block = bytearray(num_items * item_size)
+            import ctypes
+            self.holder = (ctypes.c_char * len(self.block)).from_buffer(self.block)
+            return ctypes.addressof(self.holder)
+
+        def free(self, address):
+            del self.holder
+
+        def get_buffer_address(self, handle):
+            return handle
 
     class Looks:
         def __bool__(self):
             seen.extend(obj for obj in gc.get_objects()
                         if isinstance(obj, dict)
-                        and any(value is alignment for value in obj.values()))
+                        and any(value is marker for value in obj.values()))
             return False
 
-    buf = Buffer(8, 1, allocator="Aligned", alignment=alignment, delayed_gc=Looks())
-    assert buf.address % 4096 == 0
+    memmanager.register_allocator(name, Plugin())
+    buf = Buffer(8, 1, allocator=name, tag=marker, delayed_gc=Looks())
     assert seen == []
+    assert received[0] == {"tag": marker}
+    received[0].clear()           # the plug-in's own copy
     buf.release()
 
 
