@@ -22,6 +22,7 @@ export count, and the garbage collector must see through NumPy arrays.
 NumPy is imported only when a numpy view is made.
 """
 
+import operator as _operator
 import struct as _struct
 import threading as _threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -48,6 +49,8 @@ _BUILTIN_KINDS = ("numpy", "memoryview", "ctypes")
 def _check_offset(buffer: Any, offset: Any) -> int:
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+    # An exact int from here on: an int subclass's arithmetic is Python code.
+    offset = _operator.index(offset)
     if not 0 <= offset <= len(buffer):
         raise ValueError(f"offset {offset} is outside the buffer of {len(buffer)} bytes")
     return offset
@@ -64,8 +67,9 @@ def _shape_tuple(shape: Any) -> Tuple[int, ...]:
     for dim in dims:
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"shape must hold ints, not {type(dim).__name__}")
-        if dim < 0:
-            raise ValueError(f"shape {dims} has a negative dimension")
+    dims = tuple(_operator.index(dim) for dim in dims)   # exact ints
+    if any(dim < 0 for dim in dims):
+        raise ValueError(f"shape {dims} has a negative dimension")
     return dims
 
 
@@ -109,9 +113,12 @@ def _numpy_create(buffer: Any, *, dtype: Any = "uint8", shape: Any = None,
     count = 1
     for dim in dims:
         count *= dim
-    # frombuffer holds an export (its base is a memoryview of the buffer);
-    # numpy.ndarray(buffer=...) would not, and could outlive release().
-    flat = numpy.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+    # The array's base is an export of the buffer that only its death ends
+    # (src/views.c, _ViewExport): numpy.frombuffer(buffer) would make the
+    # base a memoryview, whose public release() ends the export under the
+    # array; numpy.ndarray(buffer=...) would hold no export at all.
+    flat = numpy.frombuffer(buffer._view_export(), dtype=dtype, count=count,
+                            offset=offset)
     return flat if len(dims) == 1 else flat.reshape(dims, order=order)
 
 

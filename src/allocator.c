@@ -211,22 +211,47 @@ int allocator_register_builtins(mm_state *st)
     return 0;
 }
 
-/* Every change to the name -> allocator dict goes through here, so that
- * allocator_lookup's memory of the last name never outlives it. */
+/* The name -> allocator dict (st->allocators) is private to this file:
+ * module_traverse visits the allocators, not the dict, and the dict is
+ * untracked after every insert, so gc.get_referents(module) and
+ * gc.get_objects() cannot hand it out (sound: the module state holds the
+ * only reference).  Were it reachable, storing anything in it would be a
+ * type confusion, and replacing an entry behind allocator_registry_set
+ * would leave the lookup cache naming a freed allocator.  Its keys are
+ * exact str, so no __hash__ or __eq__ of a caller's str subclass runs
+ * inside it; values read back are still type-checked, and the cache holds
+ * strong references, so neither depends on the dict staying private. */
+
+/* Every change to the dict goes through here, so that allocator_lookup's
+ * memory of the last name never outlives it. */
 static void forget_last_lookup(mm_state *st)
 {
     Py_CLEAR(st->last_allocator_name);
-    st->last_allocator = NULL;
+    Py_CLEAR(st->last_allocator);
 }
 
-/* Forgotten after the change as well as before: a str subclass's __hash__
- * or __eq__ runs inside PyDict_SetItem, and could look the old entry up
- * (and be remembered) just before it is replaced and freed. */
+/* The allocator replaced is dropped only once the dict is consistent and
+ * private again: its destructor may run Python code (a plug-in's). */
 int allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc)
 {
+    if (st->allocators == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "memmanager is shutting down");
+        return -1;
+    }
+    PyObject *key = PyUnicode_FromObject(name);   /* an exact str */
+    if (key == NULL) {
+        return -1;
+    }
     forget_last_lookup(st);
-    int rc = PyDict_SetItem(st->allocators, name, (PyObject *)alloc);
+    PyObject *dict = Py_NewRef(st->allocators);
+    PyObject *previous = Py_XNewRef(PyDict_GetItemWithError(dict, key));
+    int rc = (previous == NULL && PyErr_Occurred())
+             ? -1 : PyDict_SetItem(dict, key, (PyObject *)alloc);
+    PyObject_GC_UnTrack(dict);
+    Py_DECREF(key);
+    Py_XDECREF(previous);
     forget_last_lookup(st);
+    Py_DECREF(dict);
     return rc;
 }
 
@@ -236,10 +261,12 @@ void allocator_registry_clear(mm_state *st)
     Py_CLEAR(st->allocators);
 }
 
-/* The allocator registered under name (NULL: the default), borrowed.
+/* The allocator registered under name (NULL: the default), borrowed: the
+ * registry or the cache holds it, and nothing here runs Python code.
  * Callers pass the same str object again and again (a constant of their
  * code), so the last name found is remembered and matched by identity.
- * Only an exact str is remembered: a subclass could define __eq__. */
+ * A str subclass is looked up by its text (an exact copy): its __hash__
+ * and __eq__ never run. */
 AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
 {
     if (st->allocators == NULL) {
@@ -258,7 +285,12 @@ AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
                      Py_TYPE(name)->tp_name);
         return NULL;
     }
-    PyObject *alloc = PyDict_GetItemWithError(st->allocators, name);
+    PyObject *key = PyUnicode_FromObject(name);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *alloc = PyDict_GetItemWithError(st->allocators, key);
+    Py_DECREF(key);
     if (alloc == NULL) {
         if (!PyErr_Occurred()) {
             PyErr_Format(st->UnknownAllocatorError,
@@ -266,9 +298,16 @@ AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
         }
         return NULL;
     }
+    if (!PyObject_TypeCheck(alloc, st->allocator_type)) {
+        PyErr_Format(PyExc_SystemError,
+                     "the allocator registry holds a %.100s under %R",
+                     Py_TYPE(alloc)->tp_name, name);
+        return NULL;
+    }
     if (PyUnicode_CheckExact(name)) {   /* dropping an exact str runs no code */
+        /* Held by the dict: replacing the cached one drops no last reference. */
+        Py_XSETREF(st->last_allocator, Py_NewRef(alloc));
         Py_XSETREF(st->last_allocator_name, Py_NewRef(name));
-        st->last_allocator = alloc;
     }
     return (AllocatorObject *)alloc;
 }

@@ -829,6 +829,8 @@ static PyMethodDef buffer_methods[] = {
      "_forget_view($self, name, /)\n--\n\nDrop the view stored under name."},
     {"_view_names", buffer_view_names, METH_NOARGS,
      "_view_names($self, /)\n--\n\nNames of the stored views."},
+    {"_view_export", buffer_view_export, METH_NOARGS,
+     "_view_export($self, /)\n--\n\nAn export no Python code can end early (NumPy views)."},
     {"device_movement", (PyCFunction)(void (*)(void))buffer_device_movement,
      METH_FASTCALL | METH_KEYWORDS,
      "device_movement($self, action, direction, *, device='NVIDIA_GPU', "

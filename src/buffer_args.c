@@ -300,19 +300,33 @@ static int known_index(mm_state *st, PyObject *key, int consume_keys)
     return -1;
 }
 
-/* Stores value (borrowed) under the option known_options[index], or,
- * for index -1, under key in the allocator options.  Runs no Python code
- * unless key is a str subclass with its own __hash__ or __eq__. */
+/* Stores value under the option known_options[index] (a new reference:
+ * the value must stay whatever Python code runs later, and the mapping it
+ * came from may be emptied meanwhile), or, for index -1, under key in the
+ * allocator options.  Dropping a value the keywords override may run its
+ * destructor; nothing is borrowed then, so that is harmless. */
 static int store_option(buffer_args *a, int index, PyObject *key, PyObject *value)
 {
     if (index >= 0) {
-        *(PyObject **)((char *)a + known_options[index].slot_offset) = value;
+        PyObject **slot = (PyObject **)((char *)a + known_options[index].slot_offset);
+        Py_XSETREF(*slot, Py_NewRef(value));
         return 0;
     }
     if (a->extra == NULL && (a->extra = PyDict_New()) == NULL) {
         return -1;
     }
-    return PyDict_SetItem(a->extra, key, value);
+    /* An exact str key: no __hash__ or __eq__ of the caller's runs in the
+     * dict.  The dict is private (plug-ins get a copy) and kept out of
+     * gc.get_objects(): kinds borrow values from it (SharedMemory's name)
+     * while Python code (a flag's __bool__) runs. */
+    PyObject *exact = PyUnicode_FromObject(key);
+    if (exact == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItem(a->extra, exact, value);
+    Py_DECREF(exact);
+    PyObject_GC_UnTrack(a->extra);
+    return rc;
 }
 
 static int assign_option(mm_state *st, buffer_args *a, PyObject *key,
@@ -403,10 +417,10 @@ static int assign_mapping(mm_state *st, buffer_args *a, PyObject *options,
                      Py_TYPE(options)->tp_name);
         return -1;
     }
-    /* The list of pairs stays until buffer_args_clear: the options point
-     * into it.  It must be ours alone: a mapping's items() may hand out a
-     * list it keeps (and may empty, from code that runs before the options
-     * are used), so anything but dict's fresh list is copied. */
+    /* The list of pairs must be ours alone while it is read: a mapping's
+     * items() may hand out a list it keeps, so anything but dict's fresh
+     * list is copied.  The options hold their own references
+     * (store_option), so it goes as soon as it has been read. */
     PyObject *items = PyMapping_Items(options);
     if (items == NULL) {
         return -1;
@@ -421,17 +435,25 @@ static int assign_mapping(mm_state *st, buffer_args *a, PyObject *options,
             return -1;
         }
     }
+    /* Out of gc.get_objects() (code run by a collection that an
+     * allocation below starts must not empty it), and each pair held
+     * while its key and value are in use. */
+    PyObject_GC_UnTrack(a->items);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(a->items); i++) {
         PyObject *pair = PyList_GET_ITEM(a->items, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
             PyErr_SetString(PyExc_TypeError, "options.items() must yield pairs");
             return -1;
         }
-        if (assign_option(st, a, PyTuple_GET_ITEM(pair, 0),
-                          PyTuple_GET_ITEM(pair, 1), consume_keys) < 0) {
+        Py_INCREF(pair);
+        int rc = assign_option(st, a, PyTuple_GET_ITEM(pair, 0),
+                               PyTuple_GET_ITEM(pair, 1), consume_keys);
+        Py_DECREF(pair);
+        if (rc < 0) {
             return -1;
         }
     }
+    Py_CLEAR(a->items);
     return 0;
 }
 
@@ -447,7 +469,7 @@ int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
         return -1;
     }
     if (a->death_stub == Py_None) {
-        a->death_stub = NULL;
+        Py_CLEAR(a->death_stub);
     }
     if (a->death_stub != NULL && !PyCallable_Check(a->death_stub)) {
         PyErr_Format(PyExc_TypeError,
@@ -460,8 +482,13 @@ int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
 
 void buffer_args_clear(buffer_args *a)
 {
-    a->allocator = a->init_value = a->death_stub = a->delayed_gc = NULL;
-    a->copy = a->readonly = a->owner = NULL;
+    Py_CLEAR(a->allocator);
+    Py_CLEAR(a->init_value);
+    Py_CLEAR(a->death_stub);
+    Py_CLEAR(a->delayed_gc);
+    Py_CLEAR(a->copy);
+    Py_CLEAR(a->readonly);
+    Py_CLEAR(a->owner);
     Py_CLEAR(a->items);
     Py_CLEAR(a->extra);
 }

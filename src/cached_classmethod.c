@@ -27,14 +27,40 @@ typedef struct {
     PyObject *bound;       /* strong: def bound to owner */
 } CachedClassMethod;
 
+/* The class a lookup binds to: cls, or the type of obj; refused unless it
+ * is the owner or a subclass of it.  The C functions behind these
+ * descriptors take cls for a Buffer type (they allocate through
+ * cls->tp_alloc and read the module state from it), so binding an int, or
+ * another type of the module, would build objects of the wrong layout.
+ * (The `__get__` wrapper refuses (None, None); a NULL pair is refused here
+ * too, for C callers.) */
 static PyObject *ccm_get(PyObject *op, PyObject *obj, PyObject *cls)
 {
     CachedClassMethod *self = (CachedClassMethod *)op;
-    if (cls == NULL) {
+    if (cls == NULL || cls == Py_None) {
+        if (obj == NULL || obj == Py_None) {
+            PyErr_SetString(PyExc_TypeError, "__get__(None, None) is invalid");
+            return NULL;
+        }
         cls = (PyObject *)Py_TYPE(obj);
+    }
+    if (self->owner == NULL || self->bound == NULL) {   /* cleared by the collector */
+        PyErr_SetString(PyExc_TypeError, "the class method is being collected");
+        return NULL;
     }
     if (cls == self->owner) {
         return Py_NewRef(self->bound);
+    }
+    if (!PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)self->owner)) {
+        PyErr_Format(PyExc_TypeError,
+                     "descriptor '%s' of '%.100s' binds only to it or a "
+                     "subclass, not %s'%.100s'",
+                     self->def->ml_name, ((PyTypeObject *)self->owner)->tp_name,
+                     PyType_Check(cls) ? "the type " : "an object of type ",
+                     PyType_Check(cls) ? ((PyTypeObject *)cls)->tp_name
+                                       : Py_TYPE(cls)->tp_name);
+        return NULL;
     }
     return PyCMethod_New(self->def, cls, NULL, NULL);
 }
@@ -67,7 +93,11 @@ static void ccm_dealloc(PyObject *op)
 
 static PyObject *ccm_doc(PyObject *op, void *Py_UNUSED(closure))
 {
-    return PyObject_GetAttrString(((CachedClassMethod *)op)->bound, "__doc__");
+    PyObject *bound = ((CachedClassMethod *)op)->bound;
+    if (bound == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_GetAttrString(bound, "__doc__");
 }
 
 static PyGetSetDef ccm_getset[] = {

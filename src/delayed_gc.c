@@ -28,6 +28,10 @@ int delayed_gc_pin(mm_state *st, BufferObject *self)
         return -1;
     }
     int rc = PyDict_SetItem(st->pinned, key, (PyObject *)self);
+    /* Private (module.c visits the buffers, not the dict): out of
+     * gc.get_objects(), where anything stored in it would later be read
+     * back as a Buffer. */
+    PyObject_GC_UnTrack(st->pinned);
     Py_DECREF(key);
     if (rc == 0) {
         self->pinned = 1;

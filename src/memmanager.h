@@ -114,7 +114,9 @@ typedef struct {
     PyTypeObject *allocator_type;
     PyTypeObject *cached_classmethod_type;
     PyTypeObject *view_entry_type; /* views.c: one stored view */
-    PyObject *allocators;      /* dict: name -> AllocatorObject */
+    PyTypeObject *view_export_type; /* views.c: a NumPy view's export */
+    PyObject *allocators;      /* dict: name -> AllocatorObject; private
+                                  (untracked, see allocator.c) */
     PyObject *default_allocator; /* the PyAlloc AllocatorObject */
     PyObject *pinned;          /* dict: identifier (int) -> Buffer */
     PyObject *MemManagerError;
@@ -133,9 +135,9 @@ typedef struct {
     PyObject *str_owner;
     PyTypeObject *device_view_type;
     PyObject *cuda_driver;     /* capsule: the CUDA loader, loaded at first use */
-    /* allocator_lookup's memory of the last name it found (strong) and
-     * what it named (borrowed from `allocators`); forgotten by every
-     * change to `allocators` (allocator_registry_set). */
+    /* allocator_lookup's memory of the last name it found and what it
+     * named (both strong); forgotten by every change to `allocators`
+     * (allocator_registry_set). */
     PyObject *last_allocator_name;
     PyObject *last_allocator;
     /* parse_options' memory of the last keyword-name tuple, one for the
@@ -405,10 +407,10 @@ void buffer_export_ended(BufferObject *self);
 typedef struct {
     Py_ssize_t num_items;
     Py_ssize_t item_size;
-    /* Borrowed (NULL: not given), valid until buffer_args_clear: each is
-     * one of the caller's arguments, which outlive the call, or a value
-     * of the options mapping, held by `items`.  Whoever keeps one takes
-     * its own reference. */
+    /* Strong (NULL: not given), released by buffer_args_clear: Python
+     * code that runs before they are used (a __bool__, a plug-in) may
+     * empty the mapping or the list they came from.  Whoever keeps one
+     * beyond the call takes its own reference. */
     PyObject *allocator;      /* name */
     PyObject *init_value;
     PyObject *death_stub;     /* None is stored as NULL */
@@ -417,8 +419,10 @@ typedef struct {
     PyObject *readonly;       /* consume only */
     PyObject *owner;          /* consume only */
     /* Strong, released by buffer_args_clear. */
-    PyObject *items;          /* list: the options mapping's items, or NULL */
-    PyObject *extra;          /* dict of the remaining (allocator) options */
+    PyObject *items;          /* list: the options mapping's items while
+                                 they are read (NULL after parse_options) */
+    PyObject *extra;          /* dict of the remaining (allocator) options:
+                                 exact str keys, private, untracked */
 } buffer_args;
 
 /* buffer.c: a new, empty buffer object of the sizes in a. */
@@ -466,6 +470,8 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
 
 /* views.c */
 extern PyType_Spec view_entry_type_spec;
+extern PyType_Spec view_export_type_spec;
+PyObject *buffer_view_export(PyObject *self, PyObject *unused);
 int views_add_types(PyObject *module, mm_state *st);
 int buffer_views_traverse(BufferObject *self, visitproc visit, void *arg);
 void buffer_views_clear(BufferObject *self);

@@ -400,16 +400,39 @@ static int module_exec(PyObject *module)
     return 0;
 }
 
+/* The values of a private dict (untracked, held only by the module state),
+ * reported as the module's own references: the dict itself is never
+ * handed to the collector, so gc.get_referents(module) cannot reach it. */
+static int visit_private_dict(PyObject *dict, visitproc visit, void *arg)
+{
+    if (dict != NULL) {
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(dict, &pos, &key, &value)) {
+            Py_VISIT(value);
+        }
+    }
+    return 0;
+}
+
+/* `allocators` (allocator.c) and `pinned` (delayed_gc.c) are private: a
+ * Python object stored in either would be read back as an allocator or a
+ * Buffer.  Their values are visited instead of the dicts. */
 static int module_traverse(PyObject *module, visitproc visit, void *arg)
 {
     mm_state *st = module_state(module);
+    int rc;
     Py_VISIT(st->buffer_type);
     Py_VISIT(st->allocator_type);
     Py_VISIT(st->cached_classmethod_type);
     Py_VISIT(st->view_entry_type);
-    Py_VISIT(st->allocators);
+    Py_VISIT(st->view_export_type);
+    if ((rc = visit_private_dict(st->allocators, visit, arg)) != 0 ||
+        (rc = visit_private_dict(st->pinned, visit, arg)) != 0) {
+        return rc;
+    }
     Py_VISIT(st->default_allocator);
-    Py_VISIT(st->pinned);
+    Py_VISIT(st->last_allocator);
     Py_VISIT(st->MemManagerError);
     Py_VISIT(st->UnknownAllocatorError);
     Py_VISIT(st->OverlapError);
@@ -445,6 +468,7 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->allocator_type);
     Py_CLEAR(st->cached_classmethod_type);
     Py_CLEAR(st->view_entry_type);
+    Py_CLEAR(st->view_export_type);
     Py_CLEAR(st->device_view_type);
     Py_CLEAR(st->cuda_driver);
     return 0;

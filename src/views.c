@@ -34,9 +34,16 @@
  *     the view the entry's, each link the base reference of the array
  *     above it.  If anybody else holds any of them (the user keeps the
  *     array, or its .base), the visit is not made, and the array keeps
- *     its buffer alive as it should.  The links are not visited (and not
- *     owned: the view keeps them alive), so gc.get_referents() cannot
- *     hand them out.
+ *     its buffer alive as it should.
+ *   - the chain is walked again, from the view the entry owns, each time
+ *     the collector asks: nothing about it is remembered but the anchor
+ *     (owned).  Python code can change an array's base under us
+ *     (ndarray.__setstate__ drops it and frees the arrays below), so a
+ *     remembered link would be a dangling pointer, and a remembered chain
+ *     a reference that is no longer there.  The walk reads each array's
+ *     `base` field at the offset of NumPy's public struct layout, checked
+ *     against the `base` attribute when the view is stored; an array of
+ *     another layout is simply never given the extra visit.
  *
  * A third-party view type that is tracked but hides its reference to the
  * buffer from the collector makes a cycle the collector cannot see;
@@ -45,6 +52,21 @@
  * Ownership: Buffer.views (a dict, or NULL until the first view) owns the
  * entries; an entry owns its kind, view and anchor.  release() and
  * tp_clear drop the dict; tp_dealloc drops it before the memory is freed.
+ *
+ * Nothing Python code can reach may change the store behind C's back (the
+ * re-entrancy rule of DESIGN section 10):
+ *   - names and kinds are stored as exact str (a subclass is copied), so
+ *     no __hash__ or __eq__ of the caller's runs inside a dict operation;
+ *   - the dict is private: the buffer's tp_traverse visits the entries,
+ *     not the dict, and the dict is untracked after every insert, so
+ *     neither gc.get_referents(buffer) nor gc.get_objects() hands it out
+ *     (this is sound because the buffer holds the only reference to it);
+ *   - every operation holds the dict, and an entry it replaces or deletes,
+ *     by a strong reference until the dict is consistent: the entry's
+ *     destructor may run Python code (a view's __del__, a weakref
+ *     callback), which may release the buffer and drop the dict;
+ *   - anything that allocates may run the collector, and with it Python
+ *     code: the buffer is checked to be live again after it.
  */
 #include "memmanager.h"
 
@@ -55,31 +77,72 @@
 
 typedef struct {
     PyObject_HEAD
-    PyObject *kind;     /* str: the kind that made the view (for clone_view) */
+    PyObject *kind;     /* exact str: the kind that made the view (clone_view) */
     PyObject *view;     /* the view object */
     PyObject *anchor;   /* NULL, or the tracked end of an untracked NumPy chain */
-    int nlinks;         /* arrays between view and anchor */
-    PyObject *links[VIEW_CHAIN_MAX];  /* borrowed: the view keeps them alive */
 } ViewEntry;
+
+/* The head of NumPy's PyArrayObject_fields (numpy/ndarraytypes.h), the
+ * layout NumPy has kept since 1.7 and keeps in 2.x.  Only `base` is read,
+ * and only after find_anchor() saw that it matches the attribute. */
+typedef struct {
+    PyObject_HEAD
+    char *data;
+    int nd;
+    Py_ssize_t *dimensions;
+    Py_ssize_t *strides;
+    PyObject *base;
+} numpy_array_head;
+
+/* An exact numpy.ndarray: a static type, so the name cannot be forged by
+ * a Python class. */
+static int is_numpy_ndarray(PyObject *obj)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    return !(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) &&
+           strcmp(tp->tp_name, "numpy.ndarray") == 0 &&
+           tp->tp_basicsize >= (Py_ssize_t)sizeof(numpy_array_head);
+}
+
+static int is_untracked_array(PyObject *obj)
+{
+    return is_numpy_ndarray(obj) && !PyObject_GC_IsTracked(obj);
+}
+
+/* The base of an exact numpy.ndarray (borrowed: the array holds it). */
+static PyObject *array_base(PyObject *array)
+{
+    return ((numpy_array_head *)array)->base;
+}
 
 /* ------------------------------------------------------------------ */
 /* The ViewEntry type                                                  */
 /* ------------------------------------------------------------------ */
 
 /* True while only the entry can reach the chain view -> links -> anchor:
- * then the chain's one reference to the anchor is the entry's to report. */
+ * then the chain's one reference to the anchor is the entry's to report.
+ * Walked afresh each time, from the view the entry owns: each array read
+ * is alive because the one above it holds it. */
 static int entry_reports_chain_reference(ViewEntry *self)
 {
-    if (self->anchor == NULL || self->view == NULL ||
-        Py_REFCNT(self->view) != 1 || PyObject_GC_IsTracked(self->view)) {
+    PyObject *current = self->view;
+    if (self->anchor == NULL || current == NULL) {
         return 0;
     }
-    for (int i = 0; i < self->nlinks; i++) {
-        if (Py_REFCNT(self->links[i]) != 1 || PyObject_GC_IsTracked(self->links[i])) {
+    for (int depth = 0; depth <= VIEW_CHAIN_MAX; depth++) {
+        if (!is_untracked_array(current) || Py_REFCNT(current) != 1) {
             return 0;
         }
+        PyObject *base = array_base(current);
+        if (base == self->anchor) {
+            return 1;
+        }
+        if (base == NULL) {
+            return 0;
+        }
+        current = base;
     }
-    return 1;
+    return 0;
 }
 
 static int view_entry_traverse(PyObject *op, visitproc visit, void *arg)
@@ -99,7 +162,6 @@ static int view_entry_traverse(PyObject *op, visitproc visit, void *arg)
 static int view_entry_clear(PyObject *op)
 {
     ViewEntry *self = (ViewEntry *)op;
-    self->nlinks = 0;
     Py_CLEAR(self->view);
     Py_CLEAR(self->anchor);
     Py_CLEAR(self->kind);
@@ -130,47 +192,32 @@ PyType_Spec view_entry_type_spec = {
     .slots = view_entry_slots,
 };
 
-/* An exact numpy.ndarray: a static type, so the name cannot be forged by
- * a Python class. */
-static int is_numpy_ndarray(PyObject *obj)
-{
-    PyTypeObject *tp = Py_TYPE(obj);
-    return !(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) &&
-           strcmp(tp->tp_name, "numpy.ndarray") == 0;
-}
-
-static int is_untracked_array(PyObject *obj)
-{
-    return is_numpy_ndarray(obj) && !PyObject_GC_IsTracked(obj);
-}
-
 /* Follows `base` from an untracked NumPy view through untracked arrays to
- * the first tracked object: the anchor (stored as a new reference), with
- * the arrays in between as links.  Leaves anchor NULL, with no error, when
- * there is no such chain to report. */
+ * the first tracked object: the anchor (stored as a new reference).
+ * Leaves anchor NULL, with no error, when there is no such chain to
+ * report, or when an array's `base` field is not where numpy_array_head
+ * says (another NumPy layout: then the collector is never told). */
 static void find_anchor(ViewEntry *entry)
 {
     PyObject *current = entry->view;
     entry->anchor = NULL;
-    entry->nlinks = 0;
-    while (is_untracked_array(current)) {
+    for (int depth = 0; depth <= VIEW_CHAIN_MAX && is_untracked_array(current); depth++) {
+        /* An exact ndarray's attributes are C getters: no Python code. */
         PyObject *base = PyObject_GetAttrString(current, "base");
         if (base == NULL) {
             PyErr_Clear();
-            break;
+            return;
         }
         Py_DECREF(base);   /* still alive: `current` holds it */
+        if (base != array_base(current)) {
+            return;        /* not the layout we know */
+        }
         if (PyObject_GC_IsTracked(base)) {
             entry->anchor = Py_NewRef(base);
             return;
         }
-        if (entry->nlinks == VIEW_CHAIN_MAX || !is_untracked_array(base)) {
-            break;
-        }
-        entry->links[entry->nlinks++] = base;
         current = base;
     }
-    entry->nlinks = 0;
 }
 
 static PyObject *view_entry_new(mm_state *st, PyObject *kind, PyObject *view)
@@ -181,25 +228,121 @@ static PyObject *view_entry_new(mm_state *st, PyObject *kind, PyObject *view)
     }
     self->kind = Py_NewRef(kind);
     self->view = Py_NewRef(view);
+    self->anchor = NULL;
     find_anchor(self);
     PyObject_GC_Track((PyObject *)self);
     return (PyObject *)self;
+}
+
+/* ------------------------------------------------------------------ */
+/* The _ViewExport type: an export of a buffer nobody can end early    */
+/* ------------------------------------------------------------------ */
+
+/* NumPy keeps the memory of an array made with numpy.frombuffer(obj)
+ * through its `base`: a memoryview of obj when obj's type ends exports
+ * (bf_releasebuffer), as a Buffer's does.  That memoryview is public
+ * (view.base) and memoryview.release() ends the export while the array
+ * still points at the memory: release() would then free it under the
+ * array.  A NumPy view is therefore made over a _ViewExport: it takes one
+ * export of the buffer when made and ends it only when it dies, and hands
+ * the same memory out without counting (no bf_releasebuffer), so NumPy
+ * keeps the object itself as the base.  It has no methods: no Python code
+ * can end the export while an array refers to it.  It has no tp_clear
+ * either: the collector breaks cycles through it at the buffer (which
+ * forgets its views) and at the ViewEntry. */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;    /* an export of the buffer (view.obj holds it) */
+} ViewExport;
+
+static int view_export_getbuffer(PyObject *op, Py_buffer *view, int flags)
+{
+    ViewExport *self = (ViewExport *)op;
+    return PyBuffer_FillInfo(view, op, self->view.buf, self->view.len,
+                             self->view.readonly, flags);
+}
+
+static int view_export_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((ViewExport *)op)->view.obj);
+    return 0;
+}
+
+static void view_export_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((ViewExport *)op)->view.obj != NULL) {
+        PyBuffer_Release(&((ViewExport *)op)->view);
+    }
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot view_export_slots[] = {
+    {Py_tp_traverse, view_export_traverse},
+    {Py_tp_dealloc, view_export_dealloc},
+    {Py_bf_getbuffer, view_export_getbuffer},
+    {0, NULL},
+};
+
+PyType_Spec view_export_type_spec = {
+    .name = "memmanager._ViewExport",
+    .basicsize = sizeof(ViewExport),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = view_export_slots,
+};
+
+/* _view_export() -> an export of the whole buffer, writable unless the
+ * buffer is read-only (for memmanager/_views.py's NumPy kind). */
+PyObject *buffer_view_export(PyObject *op, PyObject *Py_UNUSED(unused))
+{
+    BufferObject *self = (BufferObject *)op;
+    mm_state *st = buffer_state(self);
+    if (st == NULL) {
+        return NULL;
+    }
+    ViewExport *export = PyObject_GC_New(ViewExport, st->view_export_type);
+    if (export == NULL) {
+        return NULL;
+    }
+    export->view.obj = NULL;
+    /* After the allocation (it may have run Python code): the export
+     * checks that the buffer is live. */
+    if (PyObject_GetBuffer(op, &export->view,
+                           self->readonly ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0) {
+        Py_DECREF(export);
+        return NULL;
+    }
+    PyObject_GC_Track((PyObject *)export);
+    return (PyObject *)export;
 }
 
 int views_add_types(PyObject *module, mm_state *st)
 {
     st->view_entry_type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &view_entry_type_spec, NULL);
-    return st->view_entry_type == NULL ? -1 : 0;
+    st->view_export_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &view_export_type_spec, NULL);
+    return (st->view_entry_type == NULL || st->view_export_type == NULL) ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------ */
 /* The storage, for buffer.c                                           */
 /* ------------------------------------------------------------------ */
 
+/* The entries, not the dict: the dict is private (see the top). */
 int buffer_views_traverse(BufferObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->views);
+    if (self->views != NULL) {
+        PyObject *name, *entry;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(self->views, &pos, &name, &entry)) {
+            Py_VISIT(entry);
+        }
+    }
     return 0;
 }
 
@@ -213,14 +356,16 @@ void buffer_views_clear(BufferObject *self)
 /* The private methods used by memmanager/_views.py                    */
 /* ------------------------------------------------------------------ */
 
-static int check_name(PyObject *name)
+/* name as an exact str (a new reference): a subclass is copied, so that
+ * no __hash__ or __eq__ of the caller's runs inside the dict. */
+static PyObject *exact_name(PyObject *name, const char *what)
 {
     if (!PyUnicode_Check(name)) {
-        PyErr_Format(PyExc_TypeError, "a view name must be a str, not %.100s",
-                     Py_TYPE(name)->tp_name);
-        return -1;
+        PyErr_Format(PyExc_TypeError, "a view %s must be a str, not %.100s",
+                     what, Py_TYPE(name)->tp_name);
+        return NULL;
     }
-    return 0;
+    return PyUnicode_FromObject(name);
 }
 
 static PyObject *missing_view(PyObject *name)
@@ -237,35 +382,61 @@ static PyObject *missing_view(PyObject *name)
 PyObject *buffer_store_view(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     BufferObject *self = (BufferObject *)op;
+    PyObject *name = NULL, *kind = NULL, *entry = NULL, *views = NULL;
+    PyObject *previous = NULL, *result = NULL;
     if (nargs != 3) {
         PyErr_Format(PyExc_TypeError,
                      "_store_view() takes name, kind and view (%zd given)", nargs);
         return NULL;
     }
-    if (check_name(args[0]) < 0 || check_name(args[1]) < 0 ||
-        buffer_check_live(self) < 0) {
-        return NULL;
+    if ((name = exact_name(args[0], "name")) == NULL ||
+        (kind = exact_name(args[1], "kind")) == NULL ||
+        (entry = view_entry_new(buffer_state(self), kind, args[2])) == NULL) {
+        goto done;
     }
-    PyObject *entry = view_entry_new(buffer_state(self), args[1], args[2]);
-    if (entry == NULL) {
-        return NULL;
+    /* The allocations above may have run the collector, and with it any
+     * Python code: only now is the buffer's state looked at. */
+    if (buffer_check_live(self) < 0) {
+        goto done;
     }
-    if (self->views == NULL && (self->views = PyDict_New()) == NULL) {
-        Py_DECREF(entry);
-        return NULL;
+    if (self->views == NULL) {
+        if ((views = PyDict_New()) == NULL) {
+            goto done;
+        }
+        if (self->views == NULL) {
+            self->views = Py_NewRef(views);
+        }
+        Py_DECREF(views);
+        if (buffer_check_live(self) < 0) {
+            goto done;
+        }
     }
-    /* Replacing an entry may run a destructor; the new one is in first. */
-    int rc = PyDict_SetItem(self->views, args[0], entry);
-    Py_DECREF(entry);
-    if (rc < 0) {
-        return NULL;
+    views = Py_NewRef(self->views);
+    /* The entry replaced leaves only after the dict is consistent and
+     * private again: its destructor may run Python code. */
+    previous = Py_XNewRef(PyDict_GetItemWithError(views, name));
+    if (previous == NULL && PyErr_Occurred()) {
+        goto done;
     }
-    Py_RETURN_NONE;
+    if (PyDict_SetItem(views, name, entry) < 0) {
+        goto done;
+    }
+    PyObject_GC_UnTrack(views);
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(views);
+    Py_XDECREF(name);
+    Py_XDECREF(kind);
+    Py_XDECREF(entry);
+    Py_XDECREF(previous);
+    return result;
 }
 
+/* The entry stored under name, as a new reference; KeyError when there is
+ * none.  With the exact name, the lookup runs no Python code. */
 static ViewEntry *lookup_entry(BufferObject *self, PyObject *name)
 {
-    if (check_name(name) < 0 || buffer_check_live(self) < 0) {
+    if (buffer_check_live(self) < 0) {
         return NULL;
     }
     PyObject *entry = self->views ? PyDict_GetItemWithError(self->views, name) : NULL;
@@ -275,24 +446,53 @@ static ViewEntry *lookup_entry(BufferObject *self, PyObject *name)
         }
         return NULL;
     }
-    return (ViewEntry *)entry;   /* borrowed */
+    return (ViewEntry *)Py_NewRef(entry);
 }
 
 /* _stored_view(name) -> (kind, view); KeyError when there is none. */
 PyObject *buffer_stored_view(PyObject *op, PyObject *name)
 {
-    ViewEntry *entry = lookup_entry((BufferObject *)op, name);
+    PyObject *exact = exact_name(name, "name");
+    if (exact == NULL) {
+        return NULL;
+    }
+    ViewEntry *entry = lookup_entry((BufferObject *)op, exact);
+    Py_DECREF(exact);
     if (entry == NULL) {
         return NULL;
     }
-    return PyTuple_Pack(2, entry->kind, entry->view);
+    PyObject *result = NULL;
+    if (entry->kind == NULL || entry->view == NULL) {   /* cleared by the collector */
+        PyErr_SetString(PyExc_ValueError, "the view is being collected");
+    }
+    else {
+        result = PyTuple_Pack(2, entry->kind, entry->view);
+    }
+    Py_DECREF(entry);
+    return result;
 }
 
 /* _forget_view(name): drop the stored view; KeyError when there is none. */
 PyObject *buffer_forget_view(PyObject *op, PyObject *name)
 {
     BufferObject *self = (BufferObject *)op;
-    if (lookup_entry(self, name) == NULL || PyDict_DelItem(self->views, name) < 0) {
+    PyObject *exact = exact_name(name, "name");
+    if (exact == NULL) {
+        return NULL;
+    }
+    ViewEntry *entry = lookup_entry(self, exact);
+    if (entry == NULL) {
+        Py_DECREF(exact);
+        return NULL;
+    }
+    /* lookup_entry ran no Python code: self->views is the dict it read.
+     * The entry (held) is dropped after the dict is consistent. */
+    PyObject *views = Py_NewRef(self->views);
+    int rc = PyDict_DelItem(views, exact);
+    Py_DECREF(views);
+    Py_DECREF(exact);
+    Py_DECREF(entry);
+    if (rc < 0) {
         return NULL;
     }
     Py_RETURN_NONE;

@@ -558,6 +558,8 @@ def test_reregistration_under_a_str_subclass_name_that_looks_itself_up():
     memmanager.register_allocator(Sneaky(name), second)
     [bytearray(200) for _ in range(1000)]       # reuse what was freed
     buf = Buffer(1, 8, allocator=name)
-    assert len(calls) >= 2
+    # The registry stores names as exact str, so the subclass's __hash__
+    # runs only in register_allocator's own check, never inside the insert.
+    assert len(calls) >= 1
     assert len(second.mallocs) == 1             # the new plug-in made it
     buf.release()

@@ -356,9 +356,11 @@ def test_holding_the_entry_through_gc_referents_keeps_everything():
     buf = Buffer(16, 1, init_value=2)
     ref = weakref.ref(buf)
     buf.create_view("numpy", shape=(4, 4))
-    (views,) = [o for o in gc.get_referents(buf) if isinstance(o, dict)]
-    (entry,) = views.values()
-    del buf, views
+    # The views dict is private: the buffer reports its entries directly.
+    assert not [o for o in gc.get_referents(buf) if isinstance(o, dict)]
+    (entry,) = [o for o in gc.get_referents(buf)
+                if type(o).__name__ == "_ViewEntry"]
+    del buf
     gc.collect()
     assert ref() is not None          # the entry holds view and anchor
     (view,) = [o for o in gc.get_referents(entry) if isinstance(o, numpy.ndarray)]
