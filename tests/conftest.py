@@ -70,7 +70,7 @@ def live_entry(identifier):
 
 
 SHM_DIR = "/dev/shm"
-SHM_SESSION_PREFIX = f"mmt{os.getpid()}_"
+SHM_SESSION_PREFIX = f"mm_t{os.getpid()}_"   # still "mm_...": the tour prints that
 os.environ["MEMMANAGER_SHM_PREFIX"] = SHM_SESSION_PREFIX
 SHM_OWN_PREFIXES = (SHM_SESSION_PREFIX, f"mmtest_{os.getpid()}_")
 
