@@ -56,9 +56,10 @@ static void detach(DeviceViewObject *self)
         self->mapping->views--;
         self->mapping = NULL;
     }
-    buffer->exports--;
-    assert(buffer->exports >= 0);
     self->buffer = NULL;
+    /* Ends like a buffer-protocol export (whatever that does besides
+     * counting, e.g. a release deferred until the last export). */
+    buffer_releasebuffer((PyObject *)buffer, NULL);
     Py_DECREF(buffer);
 }
 

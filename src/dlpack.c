@@ -33,17 +33,26 @@
  *     Both are dropped by the deleter, exactly once: either by the capsule's
  *     destructor when nobody consumed it (the name is still "dltensor..."),
  *     or by the consumer (NumPy, PyTorch) when it is done with the tensor.
- *   - The deleter may be called from any thread, with or without the GIL:
- *     it takes the GIL with PyGILState_Ensure, and keeps any exception
- *     being raised meanwhile as it was.  Once finalisation is under
- *     way (Py_IsInitialized() is false: module teardown, C atexit handlers)
- *     it never touches Python: the owner is left to the operating system
- *     and only the C block, which came from malloc, is freed.
+ *     A second deleter call is ignored while the capsule lives, so a
+ *     consumer that calls the deleter but does not rename the capsule
+ *     causes no double release (a call after both are gone cannot be
+ *     guarded: the block is freed).
+ *   - The deleter may be called from any thread, with or without a thread
+ *     state, in any interpreter: the release runs inside the interpreter
+ *     the capsule was made in, through mm_interp_call_soon()
+ *     (interpreters.c), never PyGILState_Ensure, which only knows the main
+ *     interpreter and deadlocks in a subinterpreter.  Once that
+ *     interpreter or the runtime is finalised it never touches Python: the
+ *     owner is left to the operating system and only the C block, which
+ *     came from malloc, is freed.  Any exception being raised meanwhile is
+ *     kept as it was.
  *   - The export block (managed tensor, shape, strides, owner) is one
- *     malloc'd allocation, so it can be freed without the interpreter.
+ *     malloc'd allocation with two references, the capsule's and the
+ *     tensor's, so it can be freed without the interpreter.
  */
 #include "memmanager.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,55 +69,87 @@ typedef struct {
     int64_t strides[1];
     PyObject *owner;                    /* strong */
     void (*unexport)(PyObject *owner);  /* undoes the owner's export count */
+    mm_interp *interp;                  /* strong: where owner lives */
+    mm_interp_call call;                /* the release, run inside interp */
+    int refs;                           /* atomic: the capsule's, the tensor's */
+    int tensor_released;                /* atomic: the deleter has run */
 } dlpack_export;
 
 /* ------------------------------------------------------------------ */
 /* Deleters and the capsule destructor                                 */
 /* ------------------------------------------------------------------ */
 
-static void dlpack_export_release(dlpack_export *export)
+static void export_unref(dlpack_export *export)
 {
-    if (Py_IsInitialized()) {
-        PyGILState_STATE gil = PyGILState_Ensure();
-        /* Dropping the owner may run its finaliser: keep the exception
-         * that may be propagating (a capsule dies during unwinding). */
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        if (export->unexport != NULL) {
-            export->unexport(export->owner);
-        }
-        Py_DECREF(export->owner);
-        PyErr_Restore(type, value, traceback);
-        PyGILState_Release(gil);
+    if (__atomic_sub_fetch(&export->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        mm_interp_unref(export->interp);
+        free(export);
     }
-    free(export);
+}
+
+/* Inside the owner's interpreter, with its GIL. */
+static void release_run(mm_interp_call *call)
+{
+    dlpack_export *export = (dlpack_export *)((char *)call - offsetof(dlpack_export, call));
+    /* Dropping the owner may run its finaliser: keep the exception that
+     * may be propagating (a capsule dies during unwinding). */
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (export->unexport != NULL) {
+        export->unexport(export->owner);
+    }
+    Py_DECREF(export->owner);
+    PyErr_Restore(type, value, traceback);
+    export_unref(export);
+}
+
+/* The interpreter is gone (or the runtime finalised): the owner is left
+ * to the operating system, only the C block is freed. */
+static void release_abandon(mm_interp_call *call)
+{
+    export_unref((dlpack_export *)((char *)call - offsetof(dlpack_export, call)));
+}
+
+/* The tensor's half: gives the export back, once.  A second call (a buggy
+ * consumer, or the capsule destructor after a consumer that called the
+ * deleter without renaming the capsule) does nothing while the capsule
+ * still holds the block. */
+static void release_tensor(dlpack_export *export)
+{
+    if (__atomic_exchange_n(&export->tensor_released, 1, __ATOMIC_ACQ_REL)) {
+        return;
+    }
+    mm_interp_call_soon(export->interp, &export->call);
 }
 
 static void deleter_versioned(mm_dl_managed_tensor_versioned *managed)
 {
-    dlpack_export_release((dlpack_export *)managed);
+    release_tensor((dlpack_export *)managed);
 }
 
 static void deleter_legacy(mm_dl_managed_tensor *managed)
 {
-    dlpack_export_release((dlpack_export *)managed);
+    release_tensor((dlpack_export *)managed);
 }
 
 /* Runs when the capsule dies.  A consumer renames the capsule when it
  * takes the tensor, and then owns the deleter call; an unconsumed capsule
- * gives the export back here. */
+ * gives the export back here.  The block lives until both the capsule and
+ * the tensor are done with it. */
 static void capsule_destructor(PyObject *capsule)
 {
-    if (PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_VERSIONED)) {
-        mm_dl_managed_tensor_versioned *managed =
-            PyCapsule_GetPointer(capsule, MM_DLPACK_CAPSULE_VERSIONED);
-        managed->deleter(managed);
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    dlpack_export *export = PyCapsule_GetContext(capsule);
+    if (export != NULL) {
+        if (PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_VERSIONED) ||
+            PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_LEGACY)) {
+            release_tensor(export);
+        }
+        export_unref(export);
     }
-    else if (PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_LEGACY)) {
-        mm_dl_managed_tensor *managed =
-            PyCapsule_GetPointer(capsule, MM_DLPACK_CAPSULE_LEGACY);
-        managed->deleter(managed);
-    }
+    PyErr_Clear();
+    PyErr_Restore(type, value, traceback);
 }
 
 /* ------------------------------------------------------------------ */
@@ -131,7 +172,8 @@ static void fill_tensor(mm_dl_tensor *tensor, dlpack_export *export,
     tensor->byte_offset = 0;
 }
 
-static dlpack_export *export_new(const mm_dlpack_source *src, int versioned)
+static dlpack_export *export_new(const mm_dlpack_source *src, mm_interp *interp,
+                                 int versioned)
 {
     dlpack_export *export = calloc(1, sizeof(*export));
     if (export == NULL) {
@@ -139,6 +181,10 @@ static dlpack_export *export_new(const mm_dlpack_source *src, int versioned)
     }
     export->owner = Py_NewRef(src->owner);
     export->unexport = src->unexport;
+    export->interp = mm_interp_ref(interp);
+    export->call.run = release_run;
+    export->call.abandon = release_abandon;
+    export->refs = 2;       /* the capsule's and the tensor's */
     if (versioned) {
         mm_dl_managed_tensor_versioned *m = &export->managed.versioned;
         m->version.major = MM_DLPACK_MAJOR;
@@ -163,19 +209,34 @@ static dlpack_export *export_new(const mm_dlpack_source *src, int versioned)
  * (src->unexport, when not NULL). */
 PyObject *dlpack_capsule_new(const mm_dlpack_source *src, int versioned)
 {
-    dlpack_export *export = export_new(src, versioned);
+    mm_state *st = mm_state_from_type(Py_TYPE(src->owner));
+    dlpack_export *export = NULL;
+    if (st == NULL || st->interp == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "cannot export to DLPack: memmanager is shutting down");
+        }
+    }
+    else if ((export = export_new(src, st->interp, versioned)) == NULL) {
+        PyErr_NoMemory();
+    }
     if (export == NULL) {
         if (src->unexport != NULL) {
             src->unexport(src->owner);
         }
-        return PyErr_NoMemory();
+        return NULL;
     }
+    /* The destructor is set last: until then the capsule owns nothing. */
     PyObject *capsule = PyCapsule_New(
         &export->managed,
         versioned ? MM_DLPACK_CAPSULE_VERSIONED : MM_DLPACK_CAPSULE_LEGACY,
-        capsule_destructor);
-    if (capsule == NULL) {
-        dlpack_export_release(export);
+        NULL);
+    if (capsule == NULL || PyCapsule_SetContext(capsule, export) < 0 ||
+        PyCapsule_SetDestructor(capsule, capsule_destructor) < 0) {
+        Py_XDECREF(capsule);
+        export_unref(export);       /* the capsule's share */
+        release_tensor(export);     /* the export back, and the tensor's share */
+        return NULL;
     }
     return capsule;
 }
@@ -275,11 +336,11 @@ int dlpack_check_readonly(int readonly, int versioned, const char *what,
 /* Buffer.__dlpack__ and Buffer.__dlpack_device__                      */
 /* ------------------------------------------------------------------ */
 
+/* A capsule's export ends like a buffer-protocol one (whatever that
+ * does besides counting, e.g. a release deferred until the last export). */
 static void buffer_unexport(PyObject *owner)
 {
-    BufferObject *self = (BufferObject *)owner;
-    self->exports--;
-    assert(self->exports >= 0);
+    buffer_releasebuffer(owner, NULL);
 }
 
 static const mm_dl_device cpu_device = {MM_DL_CPU, 0};
@@ -288,7 +349,8 @@ static int check_cpu_request(const mm_dlpack_request *req)
 {
     if (req->stream != NULL) {
         PyErr_Format(PyExc_BufferError,
-                     "a CPU buffer takes stream=None, not %R", req->stream);
+                     "a CPU buffer takes stream=None, not an object of type %.100s",
+                     Py_TYPE(req->stream)->tp_name);
         return -1;
     }
     return dlpack_check_device(req, cpu_device, "buffer");
