@@ -6,13 +6,15 @@
  *
  *     def __dlpack__(self, *, stream=None, max_version=None,
  *                    dl_device=None, copy=None):
- *         source = copy_of(self) if copy else self
+ *         device = where(self, dl_device)  # CudaDevice: (kDLCUDA, 0), never the CPU
+ *         source = copy_of(self) if copy else self     # host memory only
  *         source.exports += 1          # release() is refused from now on
- *         return capsule(source.data, shape=(nbytes,), dtype=uint8,
+ *         return capsule(source.data, device, shape=(nbytes,), dtype=uint8,
  *                        readonly=source.readonly,
  *                        versioned=max_version is not None and max_version[0] >= 1)
  *     def __dlpack_device__(self):
- *         return (kDLCPU, 0)
+ *         return {CudaDevice: (kDLCUDA, 0), CudaManaged: (kDLCUDAManaged, 0)}
+ *                .get(self.allocator, (kDLCPU, 0))
  *
  * Two layers:
  *
@@ -49,8 +51,12 @@
  *   - The export block (managed tensor, shape, strides, owner) is one
  *     malloc'd allocation with two references, the capsule's and the
  *     tensor's, so it can be freed without the interpreter.
+ *   - Device memory never reaches the host: a CudaDevice buffer is
+ *     exported as kDLCUDA memory (dl_device=(kDLCPU, 0) and copy=True are
+ *     refused), a CudaManaged one as kDLCUDAManaged, or as what dl_device
+ *     asks of kDLCPU and kDLCUDA (unified memory is valid on both).
  */
-#include "memmanager.h"
+#include "cuda_driver.h"   /* memmanager.h, and the CUDA allocators' device */
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -345,15 +351,58 @@ static void buffer_unexport(PyObject *owner)
 
 static const mm_dl_device cpu_device = {MM_DL_CPU, 0};
 
-static int check_cpu_request(const mm_dlpack_request *req)
+/* Where a buffer's memory is, as DLPack says it. */
+static mm_dl_device buffer_device(BufferObject *self)
 {
-    if (req->stream != NULL) {
-        PyErr_Format(PyExc_BufferError,
-                     "a CPU buffer takes stream=None, not an object of type %.100s",
-                     Py_TYPE(req->stream)->tp_name);
+    mm_dl_device device = cpu_device;
+    switch (self->allocator->memory_kind) {
+    case MM_MEMORY_CUDA_DEVICE:
+        device.device_type = MM_DL_CUDA;
+        device.device_id = CUDA_ALLOCATOR_DEVICE;
+        break;
+    case MM_MEMORY_CUDA_MANAGED:
+        device.device_type = MM_DL_CUDA_MANAGED;
+        device.device_id = CUDA_ALLOCATOR_DEVICE;
+        break;
+    default:
+        break;
+    }
+    return device;
+}
+
+/* The device the capsule will name: where the memory is, or for unified
+ * memory what dl_device asks of the CPU or its GPU.  Then the stream: None
+ * for the CPU; for a GPU None or an int (every write to the memory was
+ * complete when the call that made it returned, so any stream may read
+ * it; only the type is checked, and no method of the object is called). */
+static int buffer_export_device(BufferObject *self, const mm_dlpack_request *req,
+                                mm_dl_device *out)
+{
+    mm_dl_device here = buffer_device(self);
+    if (here.device_type == MM_DL_CUDA_MANAGED && req->has_device &&
+        ((req->device_type == MM_DL_CPU && req->device_id == 0) ||
+         (req->device_type == MM_DL_CUDA && req->device_id == here.device_id))) {
+        here.device_type = (mm_dl_device_type)req->device_type;
+        here.device_id = (int32_t)req->device_id;
+    }
+    if (dlpack_check_device(req, here, "buffer") < 0) {
         return -1;
     }
-    return dlpack_check_device(req, cpu_device, "buffer");
+    if (req->stream != NULL) {
+        if (here.device_type == MM_DL_CPU) {
+            PyErr_Format(PyExc_BufferError,
+                         "a buffer exported to the CPU takes stream=None, not "
+                         "an object of type %.100s", Py_TYPE(req->stream)->tp_name);
+            return -1;
+        }
+        if (!PyLong_Check(req->stream)) {
+            PyErr_Format(PyExc_TypeError, "stream must be None or an int, not %.100s",
+                         Py_TYPE(req->stream)->tp_name);
+            return -1;
+        }
+    }
+    *out = here;
+    return 0;
 }
 
 /* A fresh, writable PyAlloc buffer with the same bytes (copy=True). */
@@ -363,11 +412,18 @@ static PyObject *copy_of(BufferObject *self)
     if (st == NULL) {
         return NULL;
     }
+    if (self->host_inaccessible) {
+        PyErr_Format(PyExc_BufferError,
+                     "copy=True is not supported for a %U buffer: its memory is "
+                     "on the GPU, and memmanager does not copy it to the host",
+                     self->allocator->name);
+        return NULL;
+    }
     PyObject *copy = PyObject_CallFunction((PyObject *)st->buffer_type, "nn",
                                            self->nbytes, (Py_ssize_t)1);
     /* Allocating may have run the collector, and with it arbitrary code
      * that released this buffer: look again before reading it. */
-    if (copy == NULL || buffer_check_live(self) < 0) {
+    if (copy == NULL || buffer_check_host_access(self) < 0) {
         Py_XDECREF(copy);
         return NULL;
     }
@@ -384,12 +440,13 @@ static PyObject *copy_of(BufferObject *self)
     return copy;
 }
 
-static PyObject *export_buffer(BufferObject *source, int copied, int versioned)
+static PyObject *export_buffer(BufferObject *source, mm_dl_device device,
+                               int copied, int versioned)
 {
     mm_dlpack_source src = {
         .data = source->data,
         .nbytes = source->nbytes,
-        .device = cpu_device,
+        .device = device,
         .readonly = source->readonly,
         .copied = copied,
         .owner = (PyObject *)source,
@@ -406,17 +463,33 @@ PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
 {
     BufferObject *self = (BufferObject *)op;
     mm_dlpack_request req;
-    /* Parse first (may run __index__ or __bool__), then look at the buffer. */
+    mm_dl_device device;
+    /* Parse first (may run __index__ or __bool__), then look at the buffer;
+     * nothing after this runs Python code before the export is counted. */
     if (dlpack_parse_request("__dlpack__", args, nargs, kwnames, &req) < 0 ||
-        check_cpu_request(&req) < 0 || buffer_check_live(self) < 0) {
+        buffer_check_live(self) < 0 ||
+        buffer_export_device(self, &req, &device) < 0) {
         return NULL;
     }
     if (req.copy == 1) {
+        /* The copy is ordinary host memory (device memory is refused by
+         * copy_of): only a CPU request, without a stream, fits it. */
+        if (!self->host_inaccessible) {
+            if (dlpack_check_device(&req, cpu_device, "copy") < 0) {
+                return NULL;
+            }
+            if (req.stream != NULL) {
+                PyErr_SetString(PyExc_BufferError,
+                                "copy=True makes a CPU copy, which takes stream=None");
+                return NULL;
+            }
+        }
         PyObject *copy = copy_of(self);
         if (copy == NULL) {
             return NULL;
         }
-        PyObject *capsule = export_buffer((BufferObject *)copy, 1, req.versioned);
+        PyObject *capsule = export_buffer((BufferObject *)copy, cpu_device, 1,
+                                          req.versioned);
         Py_DECREF(copy);   /* the capsule holds it now */
         return capsule;
     }
@@ -424,13 +497,15 @@ PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
                               " (or pass copy=True)") < 0) {
         return NULL;
     }
-    return export_buffer(self, 0, req.versioned);
+    return export_buffer(self, device, 0, req.versioned);
 }
 
 PyObject *buffer_dlpack_device(PyObject *op, PyObject *Py_UNUSED(unused))
 {
-    if (buffer_check_live((BufferObject *)op) < 0) {
+    BufferObject *self = (BufferObject *)op;
+    if (buffer_check_live(self) < 0) {
         return NULL;
     }
-    return Py_BuildValue("(ii)", (int)cpu_device.device_type, (int)cpu_device.device_id);
+    mm_dl_device device = buffer_device(self);
+    return Py_BuildValue("(ii)", (int)device.device_type, (int)device.device_id);
 }

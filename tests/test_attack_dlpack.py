@@ -10,9 +10,11 @@ the GIL released, a thread CPython has never seen, another interpreter's
 thread holding its GIL, after the interpreter was destroyed).
 """
 
+import copy
 import ctypes
 import gc
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -24,7 +26,7 @@ import memmanager
 from memmanager import Buffer
 from dlpack_ctypes import DLManagedTensor, DLManagedTensorVersioned
 
-KDL_CPU = 1
+KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 # The consumer's side, as source text: run in the child process and in each
@@ -538,3 +540,147 @@ def test_malformed_pairs(bad):
             buf.__dlpack__(**{key: bad})
     assert buf.exports == 0
     buf.release()
+
+
+# ---------------------------------------------------------------------------
+# Device memory never reaches the host
+# ---------------------------------------------------------------------------
+
+
+def capsule_device(capsule):
+    tensor = open_capsule(capsule).dl_tensor
+    return (tensor.device.device_type, tensor.device.device_id), tensor.data
+
+
+@pytest.mark.parametrize("allocator, expected", [
+    ("CudaDevice", (KDL_CUDA, 0)),
+    ("CudaManaged", (KDL_CUDA_MANAGED, 0)),
+    ("CudaHost", (KDL_CPU, 0)),
+])
+def test_dlpack_device_of_gpu_allocators(fake_cuda, make_buffer, allocator, expected):
+    buf = make_buffer(16, 1, allocator=allocator)
+    assert buf.__dlpack_device__() == expected
+    for max_version in (None, (1, 0)):
+        capsule = buf.__dlpack__(max_version=max_version)
+        assert capsule_device(capsule) == (expected, buf.address)
+        del capsule
+    assert buf.exports == 0
+
+
+def test_cudadevice_dlpack_with_a_stream(fake_cuda, make_buffer):
+    buf = make_buffer(16, 1, allocator="CudaDevice")
+    for stream in (1, 2, -1, 12345):
+        capsule = buf.__dlpack__(stream=stream, dl_device=(KDL_CUDA, 0))
+        assert capsule_device(capsule)[0] == (KDL_CUDA, 0)
+        del capsule
+    stream = Releasing(buf, 1)
+    with pytest.raises(TypeError, match="stream"):
+        buf.__dlpack__(stream=stream)
+    assert stream.calls == 0 and not buf.released
+    assert buf.exports == 0
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"dl_device": (KDL_CPU, 0)},
+    {"dl_device": (KDL_CUDA, 1)},
+    {"dl_device": (KDL_CUDA_MANAGED, 0)},
+    {"copy": True},
+    {"copy": True, "max_version": (1, 0)},
+    {"copy": True, "dl_device": (KDL_CPU, 0)},
+])
+def test_cudadevice_dlpack_refuses_the_host(fake_cuda, make_buffer, kwargs):
+    # Before: copy=True memcpy'd from the device address (a crash), and the
+    # capsule said kDLCPU.
+    buf = make_buffer(16, 1, allocator="CudaDevice", init_value=3)
+    with pytest.raises(BufferError):
+        buf.__dlpack__(**kwargs)
+    assert buf.exports == 0
+    assert fake_cuda.read(buf.address, 16) == b"\x03" * 16
+
+
+def test_numpy_from_dlpack_refuses_cudadevice_memory(fake_cuda, make_buffer):
+    buf = make_buffer(16, 1, allocator="CudaDevice", init_value=3)
+    with pytest.raises((BufferError, RuntimeError, TypeError, ValueError)):
+        numpy.from_dlpack(buf)
+    with pytest.raises((BufferError, RuntimeError, TypeError, ValueError)):
+        numpy.from_dlpack(buf, device="cpu")
+    gc.collect()
+    assert buf.exports == 0
+
+
+DEVICE_HOST_PATHS = {
+    "pickle 0": lambda b: pickle.dumps(b, protocol=0),
+    "pickle 2": lambda b: pickle.dumps(b, protocol=2),
+    "pickle 5": lambda b: pickle.dumps(b, protocol=5),
+    "pickle 5 out-of-band": lambda b: pickle.dumps(b, protocol=5, buffer_callback=list),
+    "copy": copy.copy,
+    "deepcopy": copy.deepcopy,
+    "numpy view": lambda b: b.create_view("numpy"),
+    "memoryview view": lambda b: b.create_view("memoryview"),
+    "ctypes view": lambda b: b.create_view("ctypes"),
+    "numpy.asarray": numpy.asarray,
+    "numpy.frombuffer": numpy.frombuffer,
+    "bytearray": bytearray,
+    "consume": lambda b: Buffer.consume(b, 4, 1, delayed_gc=False),
+    "consume copy": lambda b: Buffer.consume(b, 4, 1, delayed_gc=False, copy=True),
+}
+
+
+@pytest.mark.parametrize("path", DEVICE_HOST_PATHS)
+def test_cudadevice_memory_never_reaches_the_host(fake_cuda, make_buffer, path):
+    buf = make_buffer(16, 1, allocator="CudaDevice", init_value=3)
+    with pytest.raises(BufferError, match="on the GPU"):
+        DEVICE_HOST_PATHS[path](buf)
+    assert buf.exports == 0
+    assert fake_cuda.read(buf.address, 16) == b"\x03" * 16
+
+
+def test_cudadevice_has_no_host_array_interfaces(fake_cuda, make_buffer):
+    buf = make_buffer(16, 1, allocator="CudaDevice")
+    assert not hasattr(buf, "__array_interface__")
+    assert not hasattr(buf, "__cuda_array_interface__")   # device_view() has it
+    view = buf.device_view()
+    assert view.__dlpack_device__() == (KDL_CUDA, 0)
+    assert view.__cuda_array_interface__["data"][0] == buf.address
+    del view
+    assert buf.exports == 0
+
+
+@pytest.mark.parametrize("dl_device, expected", [
+    (None, (KDL_CUDA_MANAGED, 0)),
+    ((KDL_CUDA_MANAGED, 0), (KDL_CUDA_MANAGED, 0)),
+    ((KDL_CPU, 0), (KDL_CPU, 0)),
+    ((KDL_CUDA, 0), (KDL_CUDA, 0)),
+])
+def test_cudamanaged_exports_where_asked(fake_cuda, make_buffer, dl_device, expected):
+    buf = make_buffer(16, 1, allocator="CudaManaged")
+    capsule = buf.__dlpack__(dl_device=dl_device, max_version=(1, 0))
+    assert capsule_device(capsule) == (expected, buf.address)
+    del capsule
+    assert buf.exports == 0
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"dl_device": (KDL_CUDA, 1)},
+    {"dl_device": (KDL_CPU, 1)},
+    {"dl_device": (KDL_CUDA_HOST, 0)},
+    {"dl_device": (KDL_CPU, 0), "stream": 1},
+    {"copy": True, "dl_device": (KDL_CUDA_MANAGED, 0)},
+    {"copy": True, "stream": 1},
+])
+def test_cudamanaged_refusals(fake_cuda, make_buffer, kwargs):
+    buf = make_buffer(16, 1, allocator="CudaManaged")
+    with pytest.raises(BufferError):
+        buf.__dlpack__(**kwargs)
+    assert buf.exports == 0
+
+
+def test_cudamanaged_is_readable_by_numpy(fake_cuda, make_buffer):
+    buf = make_buffer(16, 1, allocator="CudaManaged", init_value=4)
+    array = numpy.from_dlpack(buf)
+    assert array.sum() == 64
+    copied = numpy.from_dlpack(buf, copy=True)
+    assert copied.sum() == 64
+    del array, copied
+    gc.collect()
+    assert buf.exports == 0
