@@ -6,13 +6,15 @@
  *
  *     def __dlpack__(self, *, stream=None, max_version=None,
  *                    dl_device=None, copy=None):
- *         source = copy_of(self) if copy else self
+ *         device = where(self, dl_device)  # CudaDevice: (kDLCUDA, 0), never the CPU
+ *         source = copy_of(self) if copy else self     # host memory only
  *         source.exports += 1          # release() is refused from now on
- *         return capsule(source.data, shape=(nbytes,), dtype=uint8,
+ *         return capsule(source.data, device, shape=(nbytes,), dtype=uint8,
  *                        readonly=source.readonly,
  *                        versioned=max_version is not None and max_version[0] >= 1)
  *     def __dlpack_device__(self):
- *         return (kDLCPU, 0)
+ *         return {CudaDevice: (kDLCUDA, 0), CudaManaged: (kDLCUDAManaged, 0)}
+ *                .get(self.allocator, (kDLCPU, 0))
  *
  * Two layers:
  *
@@ -33,17 +35,30 @@
  *     Both are dropped by the deleter, exactly once: either by the capsule's
  *     destructor when nobody consumed it (the name is still "dltensor..."),
  *     or by the consumer (NumPy, PyTorch) when it is done with the tensor.
- *   - The deleter may be called from any thread, with or without the GIL:
- *     it takes the GIL with PyGILState_Ensure, and keeps any exception
- *     being raised meanwhile as it was.  Once finalisation is under
- *     way (Py_IsInitialized() is false: module teardown, C atexit handlers)
- *     it never touches Python: the owner is left to the operating system
- *     and only the C block, which came from malloc, is freed.
+ *     A second deleter call is ignored while the capsule lives, so a
+ *     consumer that calls the deleter but does not rename the capsule
+ *     causes no double release (a call after both are gone cannot be
+ *     guarded: the block is freed).
+ *   - The deleter may be called from any thread, with or without a thread
+ *     state, in any interpreter: the release runs inside the interpreter
+ *     the capsule was made in, through mm_interp_call_soon()
+ *     (interpreters.c), never PyGILState_Ensure, which only knows the main
+ *     interpreter and deadlocks in a subinterpreter.  Once that
+ *     interpreter or the runtime is finalised it never touches Python: the
+ *     owner is left to the operating system and only the C block, which
+ *     came from malloc, is freed.  Any exception being raised meanwhile is
+ *     kept as it was.
  *   - The export block (managed tensor, shape, strides, owner) is one
- *     malloc'd allocation, so it can be freed without the interpreter.
+ *     malloc'd allocation with two references, the capsule's and the
+ *     tensor's, so it can be freed without the interpreter.
+ *   - Device memory never reaches the host: a CudaDevice buffer is
+ *     exported as kDLCUDA memory (dl_device=(kDLCPU, 0) and copy=True are
+ *     refused), a CudaManaged one as kDLCUDAManaged, or as what dl_device
+ *     asks of kDLCPU and kDLCUDA (unified memory is valid on both).
  */
-#include "memmanager.h"
+#include "cuda_driver.h"   /* memmanager.h, and the CUDA allocators' device */
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,55 +75,87 @@ typedef struct {
     int64_t strides[1];
     PyObject *owner;                    /* strong */
     void (*unexport)(PyObject *owner);  /* undoes the owner's export count */
+    mm_interp *interp;                  /* strong: where owner lives */
+    mm_interp_call call;                /* the release, run inside interp */
+    int refs;                           /* atomic: the capsule's, the tensor's */
+    int tensor_released;                /* atomic: the deleter has run */
 } dlpack_export;
 
 /* ------------------------------------------------------------------ */
 /* Deleters and the capsule destructor                                 */
 /* ------------------------------------------------------------------ */
 
-static void dlpack_export_release(dlpack_export *export)
+static void export_unref(dlpack_export *export)
 {
-    if (Py_IsInitialized()) {
-        PyGILState_STATE gil = PyGILState_Ensure();
-        /* Dropping the owner may run its finaliser: keep the exception
-         * that may be propagating (a capsule dies during unwinding). */
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        if (export->unexport != NULL) {
-            export->unexport(export->owner);
-        }
-        Py_DECREF(export->owner);
-        PyErr_Restore(type, value, traceback);
-        PyGILState_Release(gil);
+    if (__atomic_sub_fetch(&export->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        mm_interp_unref(export->interp);
+        free(export);
     }
-    free(export);
+}
+
+/* Inside the owner's interpreter, with its GIL. */
+static void release_run(mm_interp_call *call)
+{
+    dlpack_export *export = (dlpack_export *)((char *)call - offsetof(dlpack_export, call));
+    /* Dropping the owner may run its finaliser: keep the exception that
+     * may be propagating (a capsule dies during unwinding). */
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    if (export->unexport != NULL) {
+        export->unexport(export->owner);
+    }
+    Py_DECREF(export->owner);
+    PyErr_Restore(type, value, traceback);
+    export_unref(export);
+}
+
+/* The interpreter is gone (or the runtime finalised): the owner is left
+ * to the operating system, only the C block is freed. */
+static void release_abandon(mm_interp_call *call)
+{
+    export_unref((dlpack_export *)((char *)call - offsetof(dlpack_export, call)));
+}
+
+/* The tensor's half: gives the export back, once.  A second call (a buggy
+ * consumer, or the capsule destructor after a consumer that called the
+ * deleter without renaming the capsule) does nothing while the capsule
+ * still holds the block. */
+static void release_tensor(dlpack_export *export)
+{
+    if (__atomic_exchange_n(&export->tensor_released, 1, __ATOMIC_ACQ_REL)) {
+        return;
+    }
+    mm_interp_call_soon(export->interp, &export->call);
 }
 
 static void deleter_versioned(mm_dl_managed_tensor_versioned *managed)
 {
-    dlpack_export_release((dlpack_export *)managed);
+    release_tensor((dlpack_export *)managed);
 }
 
 static void deleter_legacy(mm_dl_managed_tensor *managed)
 {
-    dlpack_export_release((dlpack_export *)managed);
+    release_tensor((dlpack_export *)managed);
 }
 
 /* Runs when the capsule dies.  A consumer renames the capsule when it
  * takes the tensor, and then owns the deleter call; an unconsumed capsule
- * gives the export back here. */
+ * gives the export back here.  The block lives until both the capsule and
+ * the tensor are done with it. */
 static void capsule_destructor(PyObject *capsule)
 {
-    if (PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_VERSIONED)) {
-        mm_dl_managed_tensor_versioned *managed =
-            PyCapsule_GetPointer(capsule, MM_DLPACK_CAPSULE_VERSIONED);
-        managed->deleter(managed);
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    dlpack_export *export = PyCapsule_GetContext(capsule);
+    if (export != NULL) {
+        if (PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_VERSIONED) ||
+            PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_LEGACY)) {
+            release_tensor(export);
+        }
+        export_unref(export);
     }
-    else if (PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_LEGACY)) {
-        mm_dl_managed_tensor *managed =
-            PyCapsule_GetPointer(capsule, MM_DLPACK_CAPSULE_LEGACY);
-        managed->deleter(managed);
-    }
+    PyErr_Clear();
+    PyErr_Restore(type, value, traceback);
 }
 
 /* ------------------------------------------------------------------ */
@@ -131,7 +178,8 @@ static void fill_tensor(mm_dl_tensor *tensor, dlpack_export *export,
     tensor->byte_offset = 0;
 }
 
-static dlpack_export *export_new(const mm_dlpack_source *src, int versioned)
+static dlpack_export *export_new(const mm_dlpack_source *src, mm_interp *interp,
+                                 int versioned)
 {
     dlpack_export *export = calloc(1, sizeof(*export));
     if (export == NULL) {
@@ -139,6 +187,10 @@ static dlpack_export *export_new(const mm_dlpack_source *src, int versioned)
     }
     export->owner = Py_NewRef(src->owner);
     export->unexport = src->unexport;
+    export->interp = mm_interp_ref(interp);
+    export->call.run = release_run;
+    export->call.abandon = release_abandon;
+    export->refs = 2;       /* the capsule's and the tensor's */
     if (versioned) {
         mm_dl_managed_tensor_versioned *m = &export->managed.versioned;
         m->version.major = MM_DLPACK_MAJOR;
@@ -163,19 +215,34 @@ static dlpack_export *export_new(const mm_dlpack_source *src, int versioned)
  * (src->unexport, when not NULL). */
 PyObject *dlpack_capsule_new(const mm_dlpack_source *src, int versioned)
 {
-    dlpack_export *export = export_new(src, versioned);
+    mm_state *st = mm_state_from_type(Py_TYPE(src->owner));
+    dlpack_export *export = NULL;
+    if (st == NULL || st->interp == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "cannot export to DLPack: memmanager is shutting down");
+        }
+    }
+    else if ((export = export_new(src, st->interp, versioned)) == NULL) {
+        PyErr_NoMemory();
+    }
     if (export == NULL) {
         if (src->unexport != NULL) {
             src->unexport(src->owner);
         }
-        return PyErr_NoMemory();
+        return NULL;
     }
+    /* The destructor is set last: until then the capsule owns nothing. */
     PyObject *capsule = PyCapsule_New(
         &export->managed,
         versioned ? MM_DLPACK_CAPSULE_VERSIONED : MM_DLPACK_CAPSULE_LEGACY,
-        capsule_destructor);
-    if (capsule == NULL) {
-        dlpack_export_release(export);
+        NULL);
+    if (capsule == NULL || PyCapsule_SetContext(capsule, export) < 0 ||
+        PyCapsule_SetDestructor(capsule, capsule_destructor) < 0) {
+        Py_XDECREF(capsule);
+        export_unref(export);       /* the capsule's share */
+        release_tensor(export);     /* the export back, and the tensor's share */
+        return NULL;
     }
     return capsule;
 }
@@ -275,6 +342,8 @@ int dlpack_check_readonly(int readonly, int versioned, const char *what,
 /* Buffer.__dlpack__ and Buffer.__dlpack_device__                      */
 /* ------------------------------------------------------------------ */
 
+/* A capsule's export ends like a buffer-protocol one (whatever that
+ * does besides counting, e.g. a release deferred until the last export). */
 static void buffer_unexport(PyObject *owner)
 {
     buffer_export_ended((BufferObject *)owner);
@@ -282,14 +351,58 @@ static void buffer_unexport(PyObject *owner)
 
 static const mm_dl_device cpu_device = {MM_DL_CPU, 0};
 
-static int check_cpu_request(const mm_dlpack_request *req)
+/* Where a buffer's memory is, as DLPack says it. */
+static mm_dl_device buffer_device(BufferObject *self)
 {
-    if (req->stream != NULL) {
-        PyErr_Format(PyExc_BufferError,
-                     "a CPU buffer takes stream=None, not %R", req->stream);
+    mm_dl_device device = cpu_device;
+    switch (self->allocator->memory_kind) {
+    case MM_MEMORY_CUDA_DEVICE:
+        device.device_type = MM_DL_CUDA;
+        device.device_id = CUDA_ALLOCATOR_DEVICE;
+        break;
+    case MM_MEMORY_CUDA_MANAGED:
+        device.device_type = MM_DL_CUDA_MANAGED;
+        device.device_id = CUDA_ALLOCATOR_DEVICE;
+        break;
+    default:
+        break;
+    }
+    return device;
+}
+
+/* The device the capsule will name: where the memory is, or for unified
+ * memory what dl_device asks of the CPU or its GPU.  Then the stream: None
+ * for the CPU; for a GPU None or an int (every write to the memory was
+ * complete when the call that made it returned, so any stream may read
+ * it; only the type is checked, and no method of the object is called). */
+static int buffer_export_device(BufferObject *self, const mm_dlpack_request *req,
+                                mm_dl_device *out)
+{
+    mm_dl_device here = buffer_device(self);
+    if (here.device_type == MM_DL_CUDA_MANAGED && req->has_device &&
+        ((req->device_type == MM_DL_CPU && req->device_id == 0) ||
+         (req->device_type == MM_DL_CUDA && req->device_id == here.device_id))) {
+        here.device_type = (mm_dl_device_type)req->device_type;
+        here.device_id = (int32_t)req->device_id;
+    }
+    if (dlpack_check_device(req, here, "buffer") < 0) {
         return -1;
     }
-    return dlpack_check_device(req, cpu_device, "buffer");
+    if (req->stream != NULL) {
+        if (here.device_type == MM_DL_CPU) {
+            PyErr_Format(PyExc_BufferError,
+                         "a buffer exported to the CPU takes stream=None, not "
+                         "an object of type %.100s", Py_TYPE(req->stream)->tp_name);
+            return -1;
+        }
+        if (!PyLong_Check(req->stream)) {
+            PyErr_Format(PyExc_TypeError, "stream must be None or an int, not %.100s",
+                         Py_TYPE(req->stream)->tp_name);
+            return -1;
+        }
+    }
+    *out = here;
+    return 0;
 }
 
 /* A fresh, writable PyAlloc buffer with the same bytes (copy=True). */
@@ -299,11 +412,18 @@ static PyObject *copy_of(BufferObject *self)
     if (st == NULL) {
         return NULL;
     }
+    if (self->host_inaccessible) {
+        PyErr_Format(PyExc_BufferError,
+                     "copy=True is not supported for a %U buffer: its memory is "
+                     "on the GPU, and memmanager does not copy it to the host",
+                     self->allocator->name);
+        return NULL;
+    }
     PyObject *copy = PyObject_CallFunction((PyObject *)st->buffer_type, "nn",
                                            self->nbytes, (Py_ssize_t)1);
     /* Allocating may have run the collector, and with it arbitrary code
      * that released this buffer: look again before reading it. */
-    if (copy == NULL || buffer_check_live(self) < 0) {
+    if (copy == NULL || buffer_check_host_access(self) < 0) {
         Py_XDECREF(copy);
         return NULL;
     }
@@ -320,12 +440,13 @@ static PyObject *copy_of(BufferObject *self)
     return copy;
 }
 
-static PyObject *export_buffer(BufferObject *source, int copied, int versioned)
+static PyObject *export_buffer(BufferObject *source, mm_dl_device device,
+                               int copied, int versioned)
 {
     mm_dlpack_source src = {
         .data = source->data,
         .nbytes = source->nbytes,
-        .device = cpu_device,
+        .device = device,
         .readonly = source->readonly,
         .copied = copied,
         .owner = (PyObject *)source,
@@ -342,17 +463,33 @@ PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
 {
     BufferObject *self = (BufferObject *)op;
     mm_dlpack_request req;
-    /* Parse first (may run __index__ or __bool__), then look at the buffer. */
+    mm_dl_device device;
+    /* Parse first (may run __index__ or __bool__), then look at the buffer;
+     * nothing after this runs Python code before the export is counted. */
     if (dlpack_parse_request("__dlpack__", args, nargs, kwnames, &req) < 0 ||
-        check_cpu_request(&req) < 0 || buffer_check_live(self) < 0) {
+        buffer_check_live(self) < 0 ||
+        buffer_export_device(self, &req, &device) < 0) {
         return NULL;
     }
     if (req.copy == 1) {
+        /* The copy is ordinary host memory (device memory is refused by
+         * copy_of): only a CPU request, without a stream, fits it. */
+        if (!self->host_inaccessible) {
+            if (dlpack_check_device(&req, cpu_device, "copy") < 0) {
+                return NULL;
+            }
+            if (req.stream != NULL) {
+                PyErr_SetString(PyExc_BufferError,
+                                "copy=True makes a CPU copy, which takes stream=None");
+                return NULL;
+            }
+        }
         PyObject *copy = copy_of(self);
         if (copy == NULL) {
             return NULL;
         }
-        PyObject *capsule = export_buffer((BufferObject *)copy, 1, req.versioned);
+        PyObject *capsule = export_buffer((BufferObject *)copy, cpu_device, 1,
+                                          req.versioned);
         Py_DECREF(copy);   /* the capsule holds it now */
         return capsule;
     }
@@ -360,13 +497,15 @@ PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
                               " (or pass copy=True)") < 0) {
         return NULL;
     }
-    return export_buffer(self, 0, req.versioned);
+    return export_buffer(self, device, 0, req.versioned);
 }
 
 PyObject *buffer_dlpack_device(PyObject *op, PyObject *Py_UNUSED(unused))
 {
-    if (buffer_check_live((BufferObject *)op) < 0) {
+    BufferObject *self = (BufferObject *)op;
+    if (buffer_check_live(self) < 0) {
         return NULL;
     }
-    return Py_BuildValue("(ii)", (int)cpu_device.device_type, (int)cpu_device.device_id);
+    mm_dl_device device = buffer_device(self);
+    return Py_BuildValue("(ii)", (int)device.device_type, (int)device.device_id);
 }

@@ -33,6 +33,9 @@
  *   dlpack.c           DLPack export for every exporter (request parsing and
  *                      rules, capsules, deleters); Buffer.__dlpack__
  *   dlpack_abi.h       our declarations of the DLPack structs (the only ones)
+ *   interpreters.c     the interpreters memmanager is loaded in, and how a
+ *                      thread enters one (DLPack deleters: any thread, any
+ *                      interpreter, after shutdown)
  *   cuda_loader.c      the CUDA driver, loaded with dlopen at first use
  *   cuda_allocators.c  the CudaHost, CudaDevice and CudaManaged vtables
  *   cuda_device.c      device_movement(): per-(buffer, device) mappings
@@ -109,6 +112,19 @@ typedef struct {
     signed char option[MM_KWNAMES_CACHED]; /* known option index; -1: extra */
 } mm_kwnames_cache;
 
+/* interpreters.c: one interpreter memmanager is loaded in. */
+typedef struct mm_interp mm_interp;
+
+/* Something to run inside an interpreter (with its GIL): exactly one of
+ * run or abandon is called, once; abandon when the interpreter is gone or
+ * the runtime finalised, and then only C memory may be touched.  Either
+ * may free the node. */
+typedef struct mm_interp_call {
+    struct mm_interp_call *next;
+    void (*run)(struct mm_interp_call *call);
+    void (*abandon)(struct mm_interp_call *call);
+} mm_interp_call;
+
 typedef struct {
     PyTypeObject *buffer_type;
     PyTypeObject *allocator_type;
@@ -144,6 +160,7 @@ typedef struct {
      * constructor's names and one for consume()'s (buffer_args.c). */
     mm_kwnames_cache kwnames_cache[2];
     int debug;                 /* MEMMANAGER_DEBUG was set at import */
+    mm_interp *interp;         /* the interpreter this module instance is in */
 } mm_state;
 
 extern PyModuleDef memmanager_module_def;
@@ -525,6 +542,14 @@ PyObject *buffer_device_mappings(PyObject *self, PyObject *unused);
 PyObject *buffer_device_view(PyObject *self, PyObject *const *args,
                              Py_ssize_t nargs, PyObject *kwnames);
 void device_state_free(BufferObject *self);   /* never raises */
+
+/* interpreters.c */
+int mm_interp_attach(mm_state *st);      /* module exec */
+void mm_interp_detach(mm_state *st);     /* module clear; idempotent */
+mm_interp *mm_interp_ref(mm_interp *it);
+void mm_interp_unref(mm_interp *it);     /* any thread, no GIL needed */
+/* From any thread, with or without the GIL: see interpreters.c. */
+void mm_interp_call_soon(mm_interp *it, mm_interp_call *call);
 
 /* module.c */
 void raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,

@@ -382,7 +382,7 @@ static int module_exec(PyObject *module)
     if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
         region_registry_use_without_gil();
     }
-    if (intern_option_names(st) < 0 ||
+    if (mm_interp_attach(st) < 0 || intern_option_names(st) < 0 ||
         add_exceptions(module, st) < 0 || add_types(module, st) < 0 ||
         views_add_types(module, st) < 0) {
         return -1;
@@ -447,6 +447,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 static int module_clear(PyObject *module)
 {
     mm_state *st = module_state(module);
+    mm_interp_detach(st);      /* first: runs queued DLPack releases */
     Py_CLEAR(st->pinned);
     Py_CLEAR(st->address_resolver);
     Py_CLEAR(st->cmalloc_allocator);
