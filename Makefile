@@ -191,7 +191,7 @@ fuzz: fuzz-build $(FUZZ_DIR)/fuzz-api
 	  $(FUZZ_DIR)/fuzz-api $(FUZZ_FLAGS) -merge=1 $(FUZZ_DIR)/merged $(FUZZ_CORPUS) $(FUZZ_DIR)/new-corpus \
 	    > $(FUZZ_DIR)/merge.log 2>&1 || { tail -40 $(FUZZ_DIR)/merge.log; exit 1; }; \
 	  rm -rf $(FUZZ_CORPUS) && mv $(FUZZ_DIR)/merged $(FUZZ_CORPUS) && \
-	  echo "fuzz/corpus: $$(ls $(FUZZ_CORPUS) | wc -l) inputs, $$(du -sk $(FUZZ_CORPUS) | cut -f1) KiB after merging"; \
+	  echo "fuzz/corpus: $$(ls $(FUZZ_CORPUS) | wc -l) inputs, $$(du -sb $(FUZZ_CORPUS) | cut -f1) bytes after merging"; \
 	fi
 
 fuzz-replay: fuzz-build $(FUZZ_DIR)/fuzz-api

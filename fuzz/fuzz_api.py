@@ -66,7 +66,7 @@ class FuzzStubError(Exception):
 
 EXPECTED = (ValueError, TypeError, IndexError, BufferError, OverflowError,
             MemoryError, LookupError, memmanager.MemManagerError, FuzzStubError,
-            NotImplementedError)
+            NotImplementedError, OSError)
 
 ALLOCATORS = ["PyAlloc", "CMalloc", "Aligned", "Mmap", "SharedMemory", "Borrowed",
               "CudaHost", "CudaDevice", "CudaManaged"]
@@ -185,10 +185,13 @@ class Fuzz:
     def buffer(self):
         if not self.buffers:
             return None
-        return self.buffers[self.fdp.ConsumeIntInRange(0, len(self.buffers) - 1)]
+        k = self.fdp.ConsumeIntInRange(0, len(self.buffers) - 1)
+        self.note("  [pool[%d] of %d: %r]" % (k, len(self.buffers), self.buffers[k]))
+        return self.buffers[k]
 
     def keep(self, buf):
         if isinstance(buf, Buffer):
+            self.note("  -> pool[%d] = %r" % (len(self.buffers), buf))
             self.buffers.append(buf)
             if len(self.buffers) > MAX_POOL:
                 self.buffers.pop(0)
@@ -261,7 +264,7 @@ class Fuzz:
                 Buffer(8, 1, allocator="CMalloc").release()
                 gc.collect()
             return stub
-        return self.choice([5, "not callable", repr, Buffer])
+        return self.choice([5, "not callable", repr])
 
     def payload(self):
         return self.fdp.ConsumeBytes(self.size() if self.flag() else self.small(32))
