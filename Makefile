@@ -6,8 +6,11 @@
 #   make asan      the whole suite against an AddressSanitizer + UBSan build,
 #                  then a LeakSanitizer pass over tests/test_leaks.py
 #   make valgrind  memcheck over the suite, with a debug build
+#   make fuzz      coverage-guided fuzzing of the API (atheris, libFuzzer)
+#                  under ASan + UBSan for FUZZ_TIME seconds (clang needed)
+#   make fuzz-coverage  which lines of src/ the fuzz corpus reaches
 # The extension lives in place (memmanager/_core*.so) in one flavour at a
-# time: plain (build, test), asan or debug.  build/flavour names the one
+# time: plain (build, test), asan, debug, fuzz or fuzzcov.  build/flavour names the one
 # there now; asking for another rebuilds it, so `make test` after
 # `make asan` runs against a plain build again.
 
@@ -19,7 +22,8 @@ export MEMMANAGER_WERROR ?= 1
 SOURCES := $(wildcard src/*.c src/*.h memmanager/include/memmanager/*.h) setup.py pyproject.toml
 FLAVOUR_FILE := build/flavour
 
-.PHONY: demo test build bench bench-quick callgrind clean asan asan-build valgrind valgrind-build
+.PHONY: demo test build bench bench-quick callgrind clean asan asan-build valgrind valgrind-build \
+	fuzz fuzz-build fuzz-coverage fuzz-replay fuzz-clang
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -119,6 +123,95 @@ valgrind: valgrind-build
 	PYTHONMALLOC=malloc MEMMANAGER_TEST_SCALE=small \
 		valgrind $(VALGRIND_FLAGS) $(PY) -m pytest -q -p no:cacheprovider $(VALGRIND_TESTS)
 	$(PY) tools/valgrind_report.py $(VALGRIND_DIR)
+
+# ---------------------------------------------------------------------------
+# Coverage-guided fuzzing (fuzz/fuzz_api.py, docs/reliability.md).  atheris
+# drives libFuzzer over a sequence of API operations decoded from its bytes;
+# the extension is built with clang, -fsanitize=fuzzer-no-link (edge
+# coverage for libFuzzer) plus ASan and UBSan.  The runtimes come from
+# atheris' asan_with_fuzzer.so, preloaded.  New inputs go to
+# build/fuzz/new-corpus, crashes to build/fuzz/crash-*; at the end both
+# corpora are merged (minimised, -merge=1) back into fuzz/corpus.
+#   FUZZ_TIME=seconds   how long (default 120)
+#   FUZZ_MERGE=0        leave fuzz/corpus as it is
+# A crash, a sanitizer report or a failed check of the harness (a buffer or
+# a /dev/shm name left behind) fails the target.  Reproduce one with
+#   make fuzz-replay FUZZ_INPUT=build/fuzz/crash-...
+# which replays it in verbose mode (each operation printed).
+#
+# make fuzz-coverage replays fuzz/corpus once against a clang
+# source-coverage build (-fprofile-instr-generate -fcoverage-mapping) and
+# prints llvm-cov's line and function coverage of each file of src/.
+
+FUZZ_CC ?= clang
+FUZZ_TIME ?= 120
+FUZZ_MERGE ?= 1
+FUZZ_DIR := build/fuzz
+FUZZ_CORPUS := fuzz/corpus
+FUZZ_INPUT ?= $(FUZZ_CORPUS)
+ATHERIS_VERSION := 3.0.0
+ATHERIS_LIB = $(shell $(PY) -c "import atheris; print(atheris.path())")
+FUZZ_ENV = LD_PRELOAD=$(ATHERIS_LIB)/asan_with_fuzzer.so PYTHONMALLOC=malloc \
+	ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:handle_abort=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# libFuzzer's own limits: one input may run 60 s; the RSS of the process is
+# capped, single allocations are not (the harness asks for 2**62 bytes on
+# purpose, and expects MemoryError).
+FUZZ_FLAGS = -max_len=4096 -timeout=60 -rss_limit_mb=6144 -malloc_limit_mb=1000000000 \
+	-print_final_stats=1 -artifact_prefix=$(CURDIR)/$(FUZZ_DIR)/
+LLVM_PROFDATA ?= $(shell command -v llvm-profdata || ls /usr/lib/llvm-*/bin/llvm-profdata 2>/dev/null | tail -1)
+LLVM_COV ?= $(shell command -v llvm-cov || ls /usr/lib/llvm-*/bin/llvm-cov 2>/dev/null | tail -1)
+
+fuzz-clang:
+	@command -v $(FUZZ_CC) >/dev/null 2>&1 || { \
+	  echo "make fuzz needs clang with its sanitizer runtimes (FUZZ_CC=$(FUZZ_CC) not found)."; \
+	  echo "On Debian or Ubuntu: apt-get install clang"; exit 1; }
+
+$(VENV)/.atheris: $(VENV)/.installed
+	$(PY) -m pip install -q atheris==$(ATHERIS_VERSION)
+	touch $@
+
+# The wrapper libFuzzer runs again (as argv[0]) for -merge and -minimize_crash.
+$(FUZZ_DIR)/fuzz-api: $(VENV)/.atheris Makefile
+	@mkdir -p $(FUZZ_DIR)
+	@printf '#!/bin/sh\n# made by make fuzz: the harness with the sanitizer runtimes preloaded\nexec env %s FUZZ_ARGV0="$$0" %s %s "$$@"\n' \
+	  '$(FUZZ_ENV)' '$(CURDIR)/$(PY)' '$(CURDIR)/fuzz/fuzz_api.py' > $@
+	@chmod +x $@
+
+fuzz-build: fuzz-clang $(VENV)/.atheris $(SOURCES)
+	$(call build_ext,fuzz,CC=$(FUZZ_CC) MEMMANAGER_FUZZ=1)
+
+fuzz: fuzz-build $(FUZZ_DIR)/fuzz-api
+	rm -rf $(FUZZ_DIR)/new-corpus $(FUZZ_DIR)/merged
+	mkdir -p $(FUZZ_DIR)/new-corpus $(FUZZ_CORPUS)
+	$(FUZZ_DIR)/fuzz-api $(FUZZ_FLAGS) -max_total_time=$(FUZZ_TIME) \
+		$(FUZZ_DIR)/new-corpus $(FUZZ_CORPUS)
+	@if [ "$(FUZZ_MERGE)" != 0 ]; then \
+	  mkdir -p $(FUZZ_DIR)/merged && \
+	  $(FUZZ_DIR)/fuzz-api $(FUZZ_FLAGS) -merge=1 $(FUZZ_DIR)/merged $(FUZZ_CORPUS) $(FUZZ_DIR)/new-corpus \
+	    > $(FUZZ_DIR)/merge.log 2>&1 || { tail -40 $(FUZZ_DIR)/merge.log; exit 1; }; \
+	  rm -rf $(FUZZ_CORPUS) && mv $(FUZZ_DIR)/merged $(FUZZ_CORPUS) && \
+	  echo "fuzz/corpus: $$(ls $(FUZZ_CORPUS) | wc -l) inputs, $$(du -sb $(FUZZ_CORPUS) | cut -f1) bytes after merging"; \
+	fi
+
+fuzz-replay: fuzz-build $(FUZZ_DIR)/fuzz-api
+	$(FUZZ_DIR)/fuzz-api --replay -v $(FUZZ_INPUT)
+
+fuzz-coverage: fuzz-clang $(VENV)/.atheris $(SOURCES)
+	@test -n "$(LLVM_PROFDATA)" -a -n "$(LLVM_COV)" || { \
+	  echo "make fuzz-coverage needs llvm-profdata and llvm-cov (apt-get install llvm)"; exit 1; }
+	$(call build_ext,fuzzcov,CC=$(FUZZ_CC) MEMMANAGER_FUZZ_COVERAGE=1)
+	rm -rf $(FUZZ_DIR)/coverage && mkdir -p $(FUZZ_DIR)/coverage
+	LLVM_PROFILE_FILE=$(CURDIR)/$(FUZZ_DIR)/coverage/%p.profraw \
+		$(PY) fuzz/fuzz_api.py --replay $(FUZZ_CORPUS) > $(FUZZ_DIR)/coverage/replay.log 2>&1 || { \
+		tail -40 $(FUZZ_DIR)/coverage/replay.log; exit 1; }
+	$(LLVM_PROFDATA) merge -sparse -o $(FUZZ_DIR)/coverage/fuzz.profdata $(FUZZ_DIR)/coverage/*.profraw
+	$(LLVM_COV) report memmanager/_core*.so -instr-profile=$(FUZZ_DIR)/coverage/fuzz.profdata \
+		-show-region-summary=false -show-branch-summary=false $(wildcard src/*.c) \
+		| sed 's|^$(CURDIR)/||' | tee $(FUZZ_DIR)/coverage/report.txt
+	$(LLVM_COV) show memmanager/_core*.so -instr-profile=$(FUZZ_DIR)/coverage/fuzz.profdata \
+		-format=html -output-dir=$(FUZZ_DIR)/coverage/html $(wildcard src/*.c) >/dev/null
+	@echo "line by line: $(FUZZ_DIR)/coverage/html/index.html"
 
 clean:
 	rm -rf build $(VENV) memmanager/*.so *.egg-info

@@ -6,6 +6,11 @@ Switches (environment variables, all off by default):
   MEMMANAGER_SANITIZE=1  build with AddressSanitizer and UBSan (`make asan`)
   MEMMANAGER_COVERAGE=1  build with gcov instrumentation
   MEMMANAGER_DEBUG_BUILD=1  -O0 -g and C assertions enabled
+  MEMMANAGER_FUZZ=1      clang only: ASan + UBSan + libFuzzer coverage
+                         (-fsanitize=fuzzer-no-link), for fuzz/ (`make fuzz`)
+  MEMMANAGER_FUZZ_COVERAGE=1  clang only: source-based coverage
+                         (-fprofile-instr-generate -fcoverage-mapping),
+                         for `make fuzz-coverage`
 """
 
 import glob
@@ -35,6 +40,18 @@ if flag("MEMMANAGER_SANITIZE"):
                 "-fno-sanitize-recover=undefined"]
     extra_compile_args += sanitize
     extra_link_args += sanitize
+if flag("MEMMANAGER_FUZZ"):
+    # The runtimes (ASan with UBSan, and libFuzzer) are not linked in: they
+    # come preloaded from atheris (asan_with_fuzzer.so), see the Makefile.
+    fuzz = ["-fsanitize=fuzzer-no-link,address,undefined", "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=undefined"]
+    extra_compile_args += fuzz + ["-O1", "-g"]
+    extra_link_args += ["-fsanitize=address,undefined"]
+    undef_macros.append("NDEBUG")
+if flag("MEMMANAGER_FUZZ_COVERAGE"):
+    coverage = ["-fprofile-instr-generate", "-fcoverage-mapping"]
+    extra_compile_args += coverage + ["-O0", "-g"]
+    extra_link_args += coverage
 if flag("MEMMANAGER_COVERAGE"):
     extra_compile_args += ["--coverage", "-O0"]
     extra_link_args += ["--coverage"]
