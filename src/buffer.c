@@ -112,8 +112,13 @@ int buffer_register_region(mm_state *st, BufferObject *self)
     region_info other;
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
-    if (region_registry_insert(&self->node, start, end, (uintptr_t)self,
-                               self->allocator->stats_slot, &other) != 0) {
+    int refused = MM_UNLIKELY(!self->owns_memory)
+        ? region_registry_insert_shared(&self->node, start, end, (uintptr_t)self,
+                                        self->allocator->stats_slot,
+                                        consume_exporter_node(st, self), &other)
+        : region_registry_insert(&self->node, start, end, (uintptr_t)self,
+                                 self->allocator->stats_slot, &other);
+    if (refused) {
         raise_overlap(st, start, end, &other);
         return -1;
     }
@@ -243,8 +248,9 @@ static int buffer_traverse(PyObject *op, visitproc visit, void *arg)
             return rc;
         }
     }
-    if (self->holds_source_view) {
-        Py_VISIT(self->source_view.obj);
+    int rc = consume_visit_source(self, visit, arg);   /* see consume.c */
+    if (rc != 0) {
+        return rc;
     }
     return buffer_views_traverse(self, visit, arg);
 }
