@@ -110,15 +110,13 @@ BufferObject *buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
 int buffer_register_region(mm_state *st, BufferObject *self)
 {
     region_info other;
+    if (MM_UNLIKELY(!self->owns_memory)) {
+        return consume_register_region(st, self);   /* non-owning: consume.c */
+    }
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
-    int refused = MM_UNLIKELY(!self->owns_memory)
-        ? region_registry_insert_shared(&self->node, start, end, (uintptr_t)self,
-                                        self->allocator->stats_slot,
-                                        consume_exporter_node(st, self), &other)
-        : region_registry_insert(&self->node, start, end, (uintptr_t)self,
-                                 self->allocator->stats_slot, &other);
-    if (refused) {
+    if (region_registry_insert(&self->node, start, end, (uintptr_t)self,
+                               self->allocator->stats_slot, &other) != 0) {
         raise_overlap(st, start, end, &other);
         return -1;
     }

@@ -596,7 +596,7 @@ done:
  * exported by a zero-copy or Borrowed buffer, a memoryview's base) is
  * followed to the Buffer that owns the memory.  Only objects whose type
  * is checked are followed; nothing here runs Python code. */
-const region_node *consume_exporter_node(mm_state *st, BufferObject *self)
+static const region_node *consume_exporter_node(mm_state *st, BufferObject *self)
 {
     PyObject *obj = self->holds_source_view ? self->source_view.obj : NULL;
     for (int depth = 0; obj != NULL && depth < 64; depth++) {
@@ -617,6 +617,26 @@ const region_node *consume_exporter_node(mm_state *st, BufferObject *self)
         obj = b->holds_source_view ? b->source_view.obj : NULL;
     }
     return NULL;
+}
+
+/* buffer_register_region for a buffer that frees nothing: a shared region,
+ * which may overlap the region of the Buffer whose export it holds.  Out
+ * of line, so that the owned path stays small. */
+int consume_register_region(mm_state *st, BufferObject *self)
+{
+    region_info other;
+    uintptr_t start = (uintptr_t)self->data;
+    uintptr_t end = start + (uintptr_t)self->nbytes;
+    if (region_registry_insert_shared(&self->node, start, end, (uintptr_t)self,
+                                      self->allocator->stats_slot,
+                                      consume_exporter_node(st, self), &other) != 0) {
+        raise_overlap(st, start, end, &other);
+        return -1;
+    }
+    if (MM_UNLIKELY(self->allocator->debug)) {
+        debug_check_registry("an insert");
+    }
+    return 0;
 }
 
 /* The collector clears the objects of a garbage cycle in any order, each

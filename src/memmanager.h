@@ -437,7 +437,7 @@ extern PyType_Spec cached_classmethod_spec;
 int install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *defs);
 
 /* consume.c */
-const region_node *consume_exporter_node(mm_state *st, BufferObject *self);
+int consume_register_region(mm_state *st, BufferObject *self);
 int consume_visit_source(BufferObject *self, visitproc visit, void *arg);
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames);
