@@ -66,10 +66,12 @@ def main():
     del consumable2     # the buffer keeps the bytearray alive
     print(f"{'consumed':>10} object is {mem_consumable2!r}")
 
-    # 4. The same memory a second time: OverlapError, nothing changes.
+    # 4. The same memory a second time, taking ownership of it (CMalloc):
+    # OverlapError, nothing changes.  (Borrowed, which frees nothing, may
+    # wrap it: non-owning buffers may overlap.)
     try:
-        Buffer.consume(mem_consumable.address, 100, 1, allocator="Borrowed",
-                       owner=consumable, death_stub=death_stub("the overlap"))
+        Buffer.consume(mem_consumable.address, 100, 1, allocator="CMalloc",
+                       death_stub=death_stub("the overlap"))
     except memmanager.OverlapError as exc:
         print(f"Consuming the same memory again: OverlapError: {exc}")
     print(f"The first buffer is unharmed: {mem_consumable[0:5]!r}, {mem_consumable!r}")

@@ -35,7 +35,7 @@ module and names.
 import pickle as _pickle
 from typing import Any, Optional, Tuple
 
-from ._core import OverlapError
+from ._core import Buffer as _Buffer, OverlapError
 
 
 _shared_name: Any = None     # Buffer.name's getter, set by install()
@@ -114,7 +114,11 @@ def rebuild_buffer(cls: Any, data: Any, num_items: int, item_size: int,
             raise ValueError(
                 f"the pickled buffer has {raw.nbytes} bytes, "
                 f"{num_items} x {item_size} are needed")
-        adoptable = raw.contiguous and (readonly or not raw.readonly)
+        # Memory a Buffer manages is copied: since issue 12 consume() may
+        # wrap it (holding an export) instead of raising OverlapError, but a
+        # clone must not alias the original.
+        managed = isinstance(raw.obj, _Buffer)
+        adoptable = raw.contiguous and (readonly or not raw.readonly) and not managed
     if adoptable:
         try:
             return cls.consume(data, num_items, item_size, delayed_gc=False,

@@ -378,16 +378,17 @@ def example6(tour):
     ''')
     tour.say("""
         Now try to consume the first bytearray's memory a second time, by
-        its address, as the Perl example does. Two buffers over the same
-        memory are how double frees happen, so memmanager checks its
-        registry of live regions first and raises OverlapError, before
-        anything is changed. Borrowed (which would never free the memory)
-        is refused just the same, and the first buffer is unharmed.
+        its address, as the Perl example does, taking ownership of it
+        (CMalloc). Two owners of the same memory are how double frees
+        happen, so memmanager checks its registry of live regions first
+        and raises OverlapError, before anything is changed, and the first
+        buffer is unharmed. (Wrapping it without ownership, allocator=
+        "Borrowed", is allowed: buffers that free nothing may overlap.)
     """)
     tour.run('''
         try:
-            Buffer.consume(mem_consumable.address, 100, 1, allocator="Borrowed",
-                           owner=consumable, death_stub=death_stub("the overlap"))
+            Buffer.consume(mem_consumable.address, 100, 1, allocator="CMalloc",
+                           death_stub=death_stub("the overlap"))
         except memmanager.OverlapError as exc:
             print("OverlapError:", exc)
         print(mem_consumable[0:5], mem_consumable)

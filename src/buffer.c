@@ -138,6 +138,9 @@ BufferObject *buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
 int buffer_register_region(mm_state *st, BufferObject *self)
 {
     region_info other;
+    if (MM_UNLIKELY(!self->owns_memory)) {
+        return consume_register_region(st, self);   /* non-owning: consume.c */
+    }
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
     if (region_registry_insert(&self->node, start, end, self->identifier,
@@ -360,8 +363,9 @@ static int buffer_traverse(PyObject *op, visitproc visit, void *arg)
             return rc;
         }
     }
-    if (self->holds_source_view) {
-        Py_VISIT(self->source_view.obj);
+    int rc = consume_visit_source(self, visit, arg);   /* see consume.c */
+    if (rc != 0) {
+        return rc;
     }
     return buffer_views_traverse(self, visit, arg);
 }

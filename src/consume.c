@@ -11,21 +11,43 @@
  *   list, ctypes/cffi pointer)                 to n*s bytes, free()s it once
  *   an address                      Borrowed   owns nothing; keeps owner= alive
  *
- * The order of the steps is the point: everything is validated and the
- * overlap is checked *before* ownership is taken, so a refused consume
- * leaves the caller's block, holder and existing buffers exactly as they
- * were.  Foreign pointer objects (ctypes, cffi) are turned into an address
- * by a small Python resolver installed by memmanager/__init__.py.
+ * An address needs allocator= (CMalloc or Borrowed): nothing can tell a
+ * malloc'd block from any other int, so none is assumed.
+ *
+ * The order of the steps is the point: validate, check the overlap, take
+ * ownership, register, and only then zero the caller's holder (which may
+ * run Python code: a ctypes subclass, cffi's ffi.gc detach).  A refused
+ * consume leaves the caller's block, holder and existing buffers exactly as
+ * they were; code run by the holder's reset finds the new buffer complete
+ * and registered (releasing it or consuming the address again is then an
+ * ordinary release or OverlapError).  Foreign pointer objects (ctypes,
+ * cffi) are turned into an address by a small Python resolver installed by
+ * memmanager/__init__.py (memmanager/_address.py).
+ *
+ * Non-owning buffers (zero-copy, Borrowed) are registered as shared
+ * regions (region_registry.h): they may overlap each other, and an owned
+ * region only when they hold an export of the Buffer that owns it.
+ *
+ * The collector: a zero-copy buffer holds an export of its source.  The
+ * collector may tp_clear the objects of a cycle in any order, and
+ * CPython's memoryview drops its memory in tp_clear even while exported
+ * (and then crashes when the export is given back).  So the export the
+ * buffer holds is never handed to the collector unless it is a Buffer's
+ * (whose tp_clear keeps the memory): see consume_visit_source().
  */
 #include "memmanager.h"
 
 #include <string.h>
 
+static int source_view_may_be_visited(mm_state *st, PyObject *source,
+                                      PyObject *exporter);
+
 /* What the source turned out to be. */
 typedef struct {
     uintptr_t address;       /* address sources */
     PyObject *reset;         /* callable zeroing a mutable holder, or NULL */
-    PyObject *list_holder;   /* a one-element list holding the address */
+    PyObject *not_ownable;   /* str: why ownership cannot be taken, or NULL */
+    PyObject *list_holder;   /* a one-element list holding the address (strong) */
 } address_source;
 
 /* ------------------------------------------------------------------ */
@@ -80,7 +102,7 @@ static int recognise_address(mm_state *st, PyObject *source, address_source *out
         if (address_from_int(PyList_GET_ITEM(source, 0), &out->address) < 0) {
             return -1;
         }
-        out->list_holder = source;
+        out->list_holder = Py_NewRef(source);
         return 1;
     }
     if (st->address_resolver == NULL || PyBytes_Check(source) ||
@@ -95,24 +117,38 @@ static int recognise_address(mm_state *st, PyObject *source, address_source *out
         Py_DECREF(resolved);
         return 0;
     }
-    PyObject *address = NULL, *reset = NULL;
+    PyObject *address = NULL, *reset = NULL, *not_ownable = Py_None;
     int rc = -1;
-    if (PyArg_ParseTuple(resolved, "OO", &address, &reset) &&
-        address_from_int(address, &out->address) == 0) {
+    if (!PyTuple_Check(resolved)) {
+        PyErr_SetString(PyExc_TypeError, "the address resolver must return a tuple");
+    }
+    else if (PyArg_ParseTuple(resolved, "OO|O", &address, &reset, &not_ownable) &&
+             address_from_int(address, &out->address) == 0) {
         out->reset = reset == Py_None ? NULL : Py_NewRef(reset);
+        out->not_ownable = not_ownable == Py_None ? NULL : Py_NewRef(not_ownable);
         rc = 1;
     }
     Py_DECREF(resolved);
     return rc;
 }
 
+/* The buffer owns the block now: the caller's holder forgets it.  Runs
+ * after registration (the reset is Python code).  A list is zeroed only if
+ * it still holds that address: code that ran since (a finalizer) may have
+ * put another one there, which is not ours to drop.  PyList_SetItem, not
+ * __setitem__: a list subclass runs nothing here. */
 static void clear_holder(address_source *src)
 {
-    if (src->list_holder != NULL) {
-        PyObject *zero = PyLong_FromLong(0);
-        if (zero == NULL || PyList_SetItem(src->list_holder, 0, zero) < 0) {
-            PyErr_WriteUnraisable(src->list_holder);
+    if (src->list_holder != NULL && PyList_GET_SIZE(src->list_holder) == 1) {
+        PyObject *item = PyList_GET_ITEM(src->list_holder, 0);
+        if (PyLong_Check(item) && !PyBool_Check(item) && _PyLong_Sign(item) > 0 &&
+            (uintptr_t)PyLong_AsVoidPtr(item) == src->address) {
+            PyObject *zero = PyLong_FromLong(0);
+            if (zero == NULL || PyList_SetItem(src->list_holder, 0, zero) < 0) {
+                PyErr_WriteUnraisable(src->list_holder);
+            }
         }
+        PyErr_Clear();   /* an int too large for a pointer is not ours either */
     }
     if (src->reset != NULL) {
         PyObject *result = PyObject_CallNoArgs(src->reset);
@@ -127,7 +163,8 @@ static void clear_holder(address_source *src)
 /* Adopting an address (CMalloc and Borrowed)                          */
 /* ------------------------------------------------------------------ */
 
-static int check_address_options(AllocatorObject *alloc, buffer_args *a, int copy)
+static int check_address_options(AllocatorObject *alloc, buffer_args *a, int copy,
+                                 PyObject *src_not_ownable)
 {
     if (copy) {
         PyErr_SetString(PyExc_ValueError,
@@ -138,6 +175,13 @@ static int check_address_options(AllocatorObject *alloc, buffer_args *a, int cop
     if (a->owner != NULL && !alloc->consume_only) {
         PyErr_Format(PyExc_ValueError,
                      "owner= is only for allocator='Borrowed', not %R", alloc->name);
+        return -1;
+    }
+    if (src_not_ownable != NULL && !alloc->consume_only) {
+        PyErr_Format(PyExc_TypeError,
+                     "Allocator %U cannot take this memory over: %S (use "
+                     "allocator='Borrowed' with owner= the object that owns it)",
+                     alloc->name, src_not_ownable);
         return -1;
     }
     if (!alloc->consume_only && (alloc->uses_pymem || alloc->vtable == NULL ||
@@ -151,16 +195,45 @@ static int check_address_options(AllocatorObject *alloc, buffer_args *a, int cop
     return allocator_check_options(alloc, a->extra);
 }
 
+/* Borrowed with owner= a Buffer: the new buffer holds an export of it, so
+ * the owner cannot be freed under it (DESIGN section 5), and may overlap
+ * its region.  The export is made here, not through getbuffer: a device
+ * buffer's memory may be wrapped too. */
+static int export_owner_buffer(mm_state *st, BufferObject *self, PyObject *owner)
+{
+    if (!PyObject_TypeCheck(owner, st->buffer_type)) {
+        return 0;
+    }
+    BufferObject *ob = (BufferObject *)owner;
+    if (ob->released) {
+        PyErr_SetString(PyExc_ValueError, "owner= is a released buffer");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(&self->source_view, owner, ob->data, ob->nbytes,
+                          1, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    ob->exports++;     /* given back by PyBuffer_Release (buffer_releasebuffer) */
+    self->holds_source_view = 1;
+    self->source_view_visible = 1;    /* a Buffer: see consume_visit_source */
+    return 0;
+}
+
 /* Takes the block over: realloc to size (CMalloc) or wrap it (Borrowed).
- * The overlap was checked by the caller. */
-static int take_address(BufferObject *self, AllocatorObject *alloc,
+ * The overlap was checked by the caller; nothing here runs Python code. */
+static int take_address(mm_state *st, BufferObject *self, AllocatorObject *alloc,
                         uintptr_t address, buffer_args *a)
 {
     const MemManagerAllocator *vt = alloc->vtable;
     if (alloc->consume_only) {
+        if (a->owner != NULL && export_owner_buffer(st, self, a->owner) < 0) {
+            return -1;
+        }
         self->data = (char *)address;
         self->owns_memory = 0;
-        self->source = Py_XNewRef(a->owner);
+        if (!self->holds_source_view) {   /* else the export holds the owner */
+            self->source = Py_XNewRef(a->owner);
+        }
         return 0;
     }
     void *moved = vt->realloc(vt->ctx, (void *)address, 0, (size_t)self->nbytes);
@@ -180,7 +253,7 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
 {
     region_info other;
     uintptr_t end = src->address + (uintptr_t)(a->num_items * a->item_size);
-    if (check_address_options(alloc, a, copy) < 0) {
+    if (check_address_options(alloc, a, copy, src->not_ownable) < 0) {
         return NULL;
     }
     if (end < src->address) {
@@ -196,26 +269,37 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
     }
     self->released = 1;            /* nothing to free until take_address */
     self->allocator = (AllocatorObject *)Py_NewRef(alloc);
-    /* Before ownership is taken: realloc may move or free the block.
-     * (Borrowed takes nothing; its insertion below checks by itself.) */
+    /* Before ownership is taken: realloc may move or free the block, so
+     * no live region, owned or not, may lie in it.  (Borrowed takes
+     * nothing; its insertion below checks by itself.) */
     if (!alloc->consume_only &&
-        region_registry_find_overlap(src->address, end, &other)) {
+        region_registry_find_any_overlap(src->address, end, &other)) {
         raise_overlap(st, src->address, end, &other);
         Py_DECREF(self);
         return NULL;
     }
-    if (take_address(self, alloc, src->address, a) < 0) {
+    if (take_address(st, self, alloc, src->address, a) < 0) {
         Py_DECREF(self);
         return NULL;
     }
     self->released = 0;
-    if (self->owns_memory) {
-        clear_holder(src);         /* ownership is ours from here on */
-    }
     if (buffer_register_region(st, self) < 0 ||
         buffer_finish_construction(st, self, a->death_stub, delayed_gc) < 0) {
+        /* Only a Borrowed insertion can be refused here (no Python code
+         * ran since the owned check above).  A CMalloc block that is
+         * registered but cannot be pinned (MemoryError) is freed now, so
+         * the holder must forget it as well. */
+        int owned = self->owns_memory;
         Py_DECREF(self);           /* frees what we own */
+        if (owned) {
+            clear_holder(src);
+        }
         return NULL;
+    }
+    if (self->owns_memory) {
+        /* Last: ownership is ours and the buffer is complete, whatever the
+         * reset's Python code does with it (release, consume again). */
+        clear_holder(src);
     }
     return (PyObject *)self;
 }
@@ -340,6 +424,7 @@ static PyObject *consume_object(mm_state *st, PyTypeObject *cls, PyObject *sourc
         self->data = view.buf;
         self->source_view = view;
         self->holds_source_view = 1;
+        self->source_view_visible = source_view_may_be_visited(st, source, view.obj);
         self->readonly = (unsigned char)(view.readonly || readonly == 1);
     }
     if (buffer_register_region(st, self) < 0 ||
@@ -383,25 +468,26 @@ static PyObject *consume_with_plugin(mm_state *st, PyTypeObject *cls,
             PyErr_Clear();
         }
         else if (start <= UINTPTR_MAX - nbytes &&
-                 region_registry_find_overlap(start, start + nbytes, &other)) {
+                 region_registry_find_any_overlap(start, start + nbytes, &other)) {
             raise_overlap(st, start, start + nbytes, &other);
             return NULL;
         }
     }
-    Py_INCREF(alloc);
-    if (allocator_consume_block(alloc, source, nbytes, a->extra, &block) < 0) {
-        Py_DECREF(alloc);
-        return NULL;
-    }
+    /* The object first: its allocation may start a collection.  After the
+     * plug-in's consume (which refuses an address already owned) nothing
+     * runs Python code until the block is registered. */
     BufferObject *self = buffer_alloc_object(cls, a);
     if (self == NULL) {
-        allocator_free_block(alloc, &block);
-        Py_DECREF(alloc);
+        return NULL;
+    }
+    self->released = 1;            /* nothing to free until adopted */
+    self->allocator = (AllocatorObject *)Py_NewRef(alloc);
+    if (allocator_consume_block(alloc, source, nbytes, a->extra, &block) < 0) {
+        Py_DECREF(self);
         return NULL;
     }
     self->readonly = (unsigned char)readonly;
     buffer_adopt_block(self, alloc, &block);
-    Py_DECREF(alloc);
     if (buffer_register_region(st, self) < 0 ||
         buffer_finish_construction(st, self, a->death_stub, delayed_gc) < 0) {
         Py_DECREF(self);
@@ -470,6 +556,15 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
     if (kind < 0) {
         goto done;
     }
+    if (kind == 1 && alloc == NULL) {
+        PyErr_Format(PyExc_TypeError,
+                     "consume() of an address needs allocator=: 'CMalloc' to take "
+                     "over a block from malloc (it is realloc'd and freed), or "
+                     "'Borrowed' to wrap memory owned elsewhere (nothing can tell "
+                     "a malloc'd block from any other %.100s)",
+                     Py_TYPE(source)->tp_name);
+        goto done;
+    }
     if (kind == 0 && !PyObject_CheckBuffer(source)) {
         PyErr_Format(PyExc_TypeError,
                      "consume() needs an object with the buffer protocol or an "
@@ -478,8 +573,7 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
         goto done;
     }
     if (alloc == NULL) {
-        alloc = (AllocatorObject *)Py_NewRef(kind == 1 ? st->cmalloc_allocator
-                                                       : st->default_allocator);
+        alloc = (AllocatorObject *)Py_NewRef(st->default_allocator);
     }
     result = kind == 1
         ? consume_address(st, (PyTypeObject *)cls, &src, &a, alloc, copy, delayed_gc)
@@ -487,6 +581,91 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
 done:
     Py_XDECREF(alloc);
     Py_XDECREF(src.reset);
+    Py_XDECREF(src.not_ownable);
+    Py_XDECREF(src.list_holder);
     buffer_args_clear(&a);
     return result;
+}
+
+/* ------------------------------------------------------------------ */
+/* The export a non-owning buffer holds (registry and collector)       */
+/* ------------------------------------------------------------------ */
+
+/* The owned region of the Buffer whose memory a non-owning buffer shows
+ * through the export it holds, or NULL: the chain of exports (a Buffer
+ * exported by a zero-copy or Borrowed buffer, a memoryview's base) is
+ * followed to the Buffer that owns the memory.  Only objects whose type
+ * is checked are followed; nothing here runs Python code. */
+static const region_node *consume_exporter_node(mm_state *st, BufferObject *self)
+{
+    PyObject *obj = self->holds_source_view ? self->source_view.obj : NULL;
+    for (int depth = 0; obj != NULL && depth < 64; depth++) {
+        if (PyMemoryView_Check(obj)) {
+            obj = PyMemoryView_GET_BASE(obj);
+            continue;
+        }
+        if (!PyObject_TypeCheck(obj, st->buffer_type)) {
+            return NULL;
+        }
+        BufferObject *b = (BufferObject *)obj;
+        if (b->released) {
+            return NULL;
+        }
+        if (b->owns_memory) {
+            return &b->node;
+        }
+        obj = b->holds_source_view ? b->source_view.obj : NULL;
+    }
+    return NULL;
+}
+
+/* buffer_register_region for a buffer that frees nothing: a shared region,
+ * which may overlap the region of the Buffer whose export it holds.  Out
+ * of line, so that the owned path stays small. */
+int consume_register_region(mm_state *st, BufferObject *self)
+{
+    region_info other;
+    uintptr_t start = (uintptr_t)self->data;
+    uintptr_t end = start + (uintptr_t)self->nbytes;
+    if (region_registry_insert_shared(&self->node, start, end, (uintptr_t)self,
+                                      self->allocator->stats_slot,
+                                      consume_exporter_node(st, self), &other) != 0) {
+        raise_overlap(st, start, end, &other);
+        return -1;
+    }
+    if (MM_UNLIKELY(self->allocator->debug)) {
+        debug_check_registry("an insert");
+    }
+    return 0;
+}
+
+/* The collector clears the objects of a garbage cycle in any order, each
+ * by its tp_clear.  CPython's memoryview drops its memory in tp_clear even
+ * while it is exported, and then crashes when that export is given back
+ * (memory_dealloc on a cleared view); the wrapper that 3.12 puts around a
+ * Python class's __buffer__ holds such a memoryview too.  So the collector
+ * is shown the exporter of a held export only when it is the object
+ * consume() was given and not a memoryview, or a Buffer (whose tp_clear
+ * keeps the memory).  Any other exporter looks referenced from outside the
+ * garbage: the collector never clears it while this buffer holds it, and
+ * the buffer gives the export back when it dies.  (A cycle that runs
+ * through such an exporter back to the buffer is therefore not collected:
+ * rare, and a leak rather than a crash.) */
+static int source_view_may_be_visited(mm_state *st, PyObject *source, PyObject *exporter)
+{
+    if (exporter == NULL) {
+        return 0;
+    }
+    if (PyObject_TypeCheck(exporter, st->buffer_type)) {
+        return 1;
+    }
+    return exporter == source && !PyMemoryView_Check(exporter);
+}
+
+int consume_visit_source(BufferObject *self, visitproc visit, void *arg)
+{
+    if (self->holds_source_view && self->source_view_visible) {
+        Py_VISIT(self->source_view.obj);
+    }
+    return 0;
 }

@@ -384,6 +384,7 @@ typedef struct {
     unsigned char released;
     unsigned char owns_memory; /* free through allocator on release */
     unsigned char holds_source_view;
+    unsigned char source_view_visible; /* the collector may see source_view.obj (consume.c) */
     unsigned char has_pending_region;
     unsigned char pending_readonly;
     unsigned char host_inaccessible; /* device memory: no host reads or writes */
@@ -482,6 +483,8 @@ extern PyType_Spec cached_classmethod_spec;
 int install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *defs);
 
 /* consume.c */
+int consume_register_region(mm_state *st, BufferObject *self);
+int consume_visit_source(BufferObject *self, visitproc visit, void *arg);
 PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames);
 

@@ -38,6 +38,12 @@
 
 #include "region_registry.h"
 
+#if defined(__GNUC__)
+#define MM_REGISTRY_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MM_REGISTRY_UNLIKELY(x) (x)
+#endif
+
 static int registry_lock = 0;
 #ifdef Py_GIL_DISABLED
 static int registry_locking = 1;
@@ -47,8 +53,10 @@ static int registry_locking = 0;    /* see the top of the file */
 static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
 static int registry_fork_handlers_ok = 0;
 
-static region_node *tree_root = NULL;
+static region_node *tree_root = NULL;      /* owned regions */
 static ptrdiff_t tree_size = 0;
+static region_node *shared_root = NULL;    /* non-owning regions */
+static ptrdiff_t shared_size = 0;
 static uint64_t priority_counter = 0;
 
 /* The counters of each allocator name, in a table that grows with the
@@ -280,6 +288,139 @@ static void tree_remove(region_node *node)
     tree_size--;
 }
 
+/* ------------------------------------------------------------------ */
+/* The non-owning tree: an interval treap (callers hold the lock)      */
+/* ------------------------------------------------------------------ */
+
+/* Regions here may overlap and even be equal, so the order is (start,
+ * node address): a total order, whatever the ranges. */
+static int shared_before(const region_node *a, const region_node *b)
+{
+    return a->start < b->start ||
+           (a->start == b->start && (uintptr_t)a < (uintptr_t)b);
+}
+
+static uintptr_t max_end_of(const region_node *t)
+{
+    return t == NULL ? 0 : t->max_end;
+}
+
+static void shared_fix(region_node *t)
+{
+    uintptr_t m = t->end;
+    if (max_end_of(t->left) > m) {
+        m = t->left->max_end;
+    }
+    if (max_end_of(t->right) > m) {
+        m = t->right->max_end;
+    }
+    t->max_end = m;
+}
+
+/* Recomputes max_end from t up to (and without) `stop`. */
+static void shared_fix_up(region_node *t, const region_node *stop)
+{
+    for (; t != NULL && t != stop; t = t->parent) {
+        shared_fix(t);
+    }
+}
+
+/* Splits t into the nodes ordered before `key` and the rest, both rooted
+ * under `key` (which is not in t), and fixes max_end along both spines. */
+static void shared_split(region_node *t, region_node *key,
+                         region_node **less, region_node **rest)
+{
+    region_node *less_parent = key, *rest_parent = key;
+    while (t != NULL) {
+        if (shared_before(t, key)) {
+            *less = t;
+            t->parent = less_parent;
+            less_parent = t;
+            less = &t->right;
+            t = t->right;
+        }
+        else {
+            *rest = t;
+            t->parent = rest_parent;
+            rest_parent = t;
+            rest = &t->left;
+            t = t->left;
+        }
+    }
+    *less = NULL;
+    *rest = NULL;
+    shared_fix_up(less_parent, key);
+    shared_fix_up(rest_parent, key);
+}
+
+static void shared_insert(region_node *node)
+{
+    region_node **link = &shared_root;
+    region_node *parent = NULL;
+    while (*link != NULL && (*link)->priority >= node->priority) {
+        parent = *link;
+        if (node->end > parent->max_end) {
+            parent->max_end = node->end;   /* node ends up below it */
+        }
+        link = shared_before(node, parent) ? &parent->left : &parent->right;
+    }
+    shared_split(*link, node, &node->left, &node->right);
+    node->parent = parent;
+    shared_fix(node);
+    *link = node;
+    shared_size++;
+}
+
+static void shared_remove(region_node *node)
+{
+    region_node *parent = node->parent;
+    region_node **link = parent == NULL ? &shared_root
+                       : parent->left == node ? &parent->left : &parent->right;
+    /* merge() links a spine; its deepest node is the one whose subtree
+     * changed last: max_end is fixed from there up to the root. */
+    region_node *a = node->left, *b = node->right, *deepest = parent;
+    region_node **out = link;
+    while (a != NULL && b != NULL) {
+        if (a->priority > b->priority) {
+            *out = a;
+            a->parent = deepest;
+            deepest = a;
+            out = &a->right;
+            a = a->right;
+        }
+        else {
+            *out = b;
+            b->parent = deepest;
+            deepest = b;
+            out = &b->left;
+            b = b->left;
+        }
+    }
+    *out = (a != NULL) ? a : b;
+    if (*out != NULL) {
+        (*out)->parent = deepest;
+    }
+    shared_fix_up(deepest, NULL);
+    node->left = node->right = node->parent = NULL;
+    shared_size--;
+}
+
+/* Any non-owning region overlapping [start, end), or NULL.  Going left
+ * whenever something on the left reaches past start is enough: if nothing
+ * there also starts before end, nothing on the right (which starts later)
+ * does either. */
+static region_node *shared_find_overlap(uintptr_t start, uintptr_t end)
+{
+    region_node *t = shared_root;
+    while (t != NULL) {
+        if (t->start < end && t->end > start) {
+            return t;
+        }
+        t = (t->left != NULL && t->left->max_end > start) ? t->left : t->right;
+    }
+    return NULL;
+}
+
 static void describe(const region_node *node, region_info *info)
 {
     info->start = node->start;
@@ -320,6 +461,7 @@ int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
     node->end = end;
     node->owner_id = owner_id;
     node->stats_slot = stats_slot;
+    node->shared = 0;
     int locked = lock_registry();
     node->priority = next_priority();
     region_node *other = tree_insert_unless_overlap(node);
@@ -335,11 +477,48 @@ int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
     return 0;
 }
 
+int region_registry_insert_shared(region_node *node, uintptr_t start,
+                                  uintptr_t end, uint64_t owner_id,
+                                  int stats_slot, const region_node *exporter,
+                                  region_info *conflict)
+{
+    node->start = start;
+    node->end = end;
+    node->owner_id = owner_id;
+    node->stats_slot = stats_slot;
+    node->shared = 1;
+    node->left = node->right = node->parent = NULL;
+    int locked = lock_registry();
+    /* The owned region reaching into [start, end) with the greatest start;
+     * when that is the exporter, the only others can be before it. */
+    region_node *other = tree_find_overlap(start, end);
+    if (other != NULL && other == exporter && exporter->linked && !exporter->shared) {
+        other = tree_find_overlap(start, exporter->start);
+    }
+    if (other != NULL) {
+        describe(other, conflict);
+        unlock_registry(locked);
+        return 1;
+    }
+    node->priority = next_priority();
+    shared_insert(node);
+    node->linked = 1;
+    stats_add(&stats_slots[stats_slot].stats, end - start);
+    stats_add(&stats_total, end - start);
+    unlock_registry(locked);
+    return 0;
+}
+
 void region_registry_remove(region_node *node)
 {
     int locked = lock_registry();
     if (node->linked) {
-        tree_remove(node);
+        if (MM_REGISTRY_UNLIKELY(node->shared)) {
+            shared_remove(node);
+        }
+        else {
+            tree_remove(node);
+        }
         node->linked = 0;
         stats_sub(&stats_slots[node->stats_slot].stats, node->end - node->start);
         stats_sub(&stats_total, node->end - node->start);
@@ -352,6 +531,21 @@ int region_registry_find_overlap(uintptr_t start, uintptr_t end,
 {
     int locked = lock_registry();
     region_node *other = tree_find_overlap(start, end);
+    if (other != NULL) {
+        describe(other, conflict);
+    }
+    unlock_registry(locked);
+    return other != NULL;
+}
+
+int region_registry_find_any_overlap(uintptr_t start, uintptr_t end,
+                                     region_info *conflict)
+{
+    int locked = lock_registry();
+    region_node *other = tree_find_overlap(start, end);
+    if (other == NULL) {
+        other = shared_find_overlap(start, end);
+    }
     if (other != NULL) {
         describe(other, conflict);
     }
@@ -498,13 +692,15 @@ region_node **region_registry_nodes(ptrdiff_t *count)
     int locked = lock_registry();
     region_node **nodes = NULL;
     *count = 0;
-    if (tree_size > 0) {
-        nodes = PyMem_RawMalloc(sizeof(region_node *) * (size_t)tree_size);
+    if (tree_size + shared_size > 0) {
+        nodes = PyMem_RawMalloc(sizeof(region_node *) *
+                                (size_t)(tree_size + shared_size));
         if (nodes == NULL) {
             *count = -1;
         }
         else {
             collect_nodes(tree_root, nodes, count);
+            collect_nodes(shared_root, nodes, count);
         }
     }
     unlock_registry(locked);
@@ -538,8 +734,8 @@ static int check_subtree(const region_node *t, uintptr_t *last_end,
         *why = "regions out of order or overlapping";
         return -1;
     }
-    if (!t->linked) {
-        *why = "node in tree not marked linked";
+    if (!t->linked || t->shared) {
+        *why = "node in the owned tree not marked linked and owned";
         return -1;
     }
     *last_end = t->end;
@@ -547,27 +743,76 @@ static int check_subtree(const region_node *t, uintptr_t *last_end,
     return check_subtree(t->right, last_end, count, why);
 }
 
+/* The same for the shared tree: order by (start, node), heap order,
+ * parent links and max_end; regions may overlap. */
+static int check_shared(const region_node *t, const region_node **last,
+                        ptrdiff_t *count, const char **why)
+{
+    if (t == NULL) {
+        return 0;
+    }
+    if ((t->left && t->left->priority > t->priority) ||
+        (t->right && t->right->priority > t->priority)) {
+        *why = "shared tree: heap order violated";
+        return -1;
+    }
+    if ((t->left && t->left->parent != t) || (t->right && t->right->parent != t)) {
+        *why = "shared tree: parent pointer does not match";
+        return -1;
+    }
+    if (check_shared(t->left, last, count, why) < 0) {
+        return -1;
+    }
+    if (t->start >= t->end || !t->linked || !t->shared) {
+        *why = "shared tree: empty region or node not marked linked and shared";
+        return -1;
+    }
+    if (*last != NULL && !shared_before(*last, t)) {
+        *why = "shared tree: regions out of order";
+        return -1;
+    }
+    uintptr_t m = t->end;
+    if (max_end_of(t->left) > m) {
+        m = t->left->max_end;
+    }
+    if (max_end_of(t->right) > m) {
+        m = t->right->max_end;
+    }
+    if (t->max_end != m) {
+        *why = "shared tree: max_end is stale";
+        return -1;
+    }
+    *last = t;
+    (*count)++;
+    return check_shared(t->right, last, count, why);
+}
+
 ptrdiff_t region_registry_check(const char **why)
 {
     uintptr_t last_end = 0;
-    ptrdiff_t count = 0;
+    ptrdiff_t count = 0, shared_count = 0;
+    const region_node *last = NULL;
     int locked = lock_registry();
     int rc = 0;
-    if (tree_root != NULL && tree_root->parent != NULL) {
+    if ((tree_root != NULL && tree_root->parent != NULL) ||
+        (shared_root != NULL && shared_root->parent != NULL)) {
         *why = "the root has a parent";
         rc = -1;
     }
     if (rc == 0) {
         rc = check_subtree(tree_root, &last_end, &count, why);
     }
-    if (rc == 0 && count != tree_size) {
+    if (rc == 0) {
+        rc = check_shared(shared_root, &last, &shared_count, why);
+    }
+    if (rc == 0 && (count != tree_size || shared_count != shared_size)) {
         *why = "node count does not match the tree size";
         rc = -1;
     }
-    if (rc == 0 && (ptrdiff_t)stats_total.live_buffers != tree_size) {
+    if (rc == 0 && (ptrdiff_t)stats_total.live_buffers != tree_size + shared_size) {
         *why = "total live_buffers does not match the tree size";
         rc = -1;
     }
     unlock_registry(locked);
-    return rc < 0 ? -1 : count;
+    return rc < 0 ? -1 : count + shared_count;
 }

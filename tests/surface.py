@@ -121,8 +121,9 @@ def _zero_copy(source: Any, content: bytes, readonly: bool, closing=_nothing) ->
 
 
 def _from_bytes(nbytes: int, pattern: bytes) -> Adoption:
-    # One byte longer than needed: CPython shares its 1-byte bytes objects,
-    # and adopting shared memory twice is (rightly) an OverlapError.
+    # One byte longer than needed: CPython shares its 1-byte bytes objects.
+    # (Adopting them twice is allowed since issue 12; the longer pattern
+    # keeps each adoption's address its own.)
     return _zero_copy(pattern + b"\x00", pattern, True)
 
 
@@ -183,7 +184,9 @@ def _adopt_address(holder: Any, address: int, pattern: bytes,
     def adopted() -> None:
         assert emptied(), "the holder still holds the adopted address"
 
-    return Adoption(holder, {}, "CMalloc", False, pattern, None, None, refused, adopted, _nothing)
+    # An address needs allocator= (issue 12: none is assumed for an int).
+    return Adoption(holder, {"allocator": "CMalloc"}, "CMalloc", False, pattern, None, None,
+                    refused, adopted, _nothing)
 
 
 def _from_int(nbytes: int, pattern: bytes) -> Adoption:

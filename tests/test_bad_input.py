@@ -102,13 +102,18 @@ CASES: List[Case] = [
                'Buffer.consume(block, 16, 1, allocator="PyAlloc")',
                "Buffer.consume(bytearray(16), 16, 1, death_stub=1)",
                "Buffer.consume(bytearray(16), 16, 1, bogus=1)",
-               'Buffer.consume(ffi.new("char[16]"), 16, 1)'),
+               'Buffer.consume(ffi.new("char[16]"), 16, 1)',
+               # issue 12: an address needs allocator= (CMalloc or Borrowed)
+               "Buffer.consume(block, 16, 1)", "Buffer.consume([block], 16, 1)",
+               "Buffer.consume(ctypes.c_void_p(block), 16, 1)",
+               'Buffer.consume(ffi.new("char[16]"), 16, 1, allocator="CMalloc")'),
     *cases_for(CONSUME, "wrong range", ValueError,
                "Buffer.consume(0, 16, 1)", "Buffer.consume(-8, 16, 1)", "Buffer.consume([], 16, 1)",
                "Buffer.consume([block, block], 16, 1)", "Buffer.consume(bytearray(16), 17, 1)",
-               "Buffer.consume(bytearray(16), 0, 1)", "Buffer.consume(block, 16, 1, copy=True)",
+               "Buffer.consume(bytearray(16), 0, 1)",
+               'Buffer.consume(block, 16, 1, allocator="CMalloc", copy=True)',
                "Buffer.consume(bytearray(16), 16, 1, owner=[])",
-               "Buffer.consume(block, 16, 1, owner=[])"),
+               'Buffer.consume(block, 16, 1, allocator="CMalloc", owner=[])'),
     *cases_for(CONSUME, "wrong range", OverflowError,
                "Buffer.consume(2**64, 16, 1)", "Buffer.consume(block, 2**62, 8)",
                'Buffer.consume(2**64 - 8, 16, 1, allocator="Borrowed")'),
@@ -119,14 +124,22 @@ CASES: List[Case] = [
                "Buffer.consume(buf, 16, 1)", "Buffer.consume(buf, 16, 1, copy=True)"),
     *[case for column in ("exported", "pinned") for case in [
         *cases_for(CONSUME, column, OverlapError,
-                   "Buffer.consume(buf, 16, 1)", "Buffer.consume(buf, 8, 1, delayed_gc=False)",
                    'Buffer.consume(buf.address + 8, 4, 1, allocator="Borrowed")',
-                   "Buffer.consume([buf.address], 16, 1)"),
+                   'Buffer.consume([buf.address], 16, 1, allocator="CMalloc")'),
+        # issue 12: a zero-copy consume holds an export of buf: it may overlap
+        *[Case(CONSUME, column, code, Allowed("a zero-copy buffer over buf's memory", mutates=True))
+          for code in ("Buffer.consume(buf, 16, 1, delayed_gc=False)",
+                       "Buffer.consume(buf, 8, 1, delayed_gc=False)",
+                       "Buffer.consume(memoryview(buf)[4:12], 8, 1, delayed_gc=False)",
+                       'Buffer.consume(buf.address + 8, 4, 1, allocator="Borrowed", '
+                       'owner=buf, delayed_gc=False)')],
         Case(CONSUME, column, "Buffer.consume(buf, 16, 1, copy=True, delayed_gc=False)",
              Allowed("an independent copy", mutates=True)),
     ]],
     Case(CONSUME, "read-only", "Buffer.consume(buf, 16, 1, readonly=False)", BufferError),
-    Case(CONSUME, "read-only", "Buffer.consume(buf, 16, 1)", OverlapError),
+    # issue 12: non-owning buffers may overlap each other
+    Case(CONSUME, "read-only", "Buffer.consume(buf, 16, 1, delayed_gc=False)",
+         Allowed("a second zero-copy buffer over the same bytes", mutates=True)),
 
     # ---- accessors
     *cases_for("accessors", "wrong type", TypeError,

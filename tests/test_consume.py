@@ -180,13 +180,20 @@ def test_numpy_read_only_source():
     buf.release()
 
 
-def test_consume_managed_buffer_is_overlap(make_buffer, registry_unchanged):
+def test_consume_managed_buffer_zero_copy(make_buffer, registry_unchanged):
+    # DESIGN section 5 (issue 12): a zero-copy consume of a Buffer, or of a
+    # memoryview of one, holds an export of it, so it may overlap its region;
+    # an exporter the registry cannot follow (a NumPy array) may not.
     other = make_buffer(16, 1, init_value=4)
+    whole = Buffer.consume(other, 16, 1, delayed_gc=False)
+    part = Buffer.consume(memoryview(other)[4:8], 4, 1, delayed_gc=False)
+    assert whole.address == other.address and part.address == other.address + 4
+    assert other.exports == 2
+    with pytest.raises(BufferError):
+        other.release()  # cannot be freed under them
+    whole.release()
+    part.release()
     with registry_unchanged():
-        with pytest.raises(memmanager.OverlapError):
-            Buffer.consume(other, 16, 1)
-        with pytest.raises(memmanager.OverlapError):
-            Buffer.consume(memoryview(other)[4:8], 4, 1)
         with pytest.raises(memmanager.OverlapError):
             Buffer.consume(np.asarray(other), 16, 1)
     assert other.exports == 0  # the refused consume holds no export
@@ -204,13 +211,13 @@ def test_consume_managed_buffer_copy(make_buffer):
     copy.release()
 
 
-def test_consume_consumed_source_is_overlap():
+def test_consume_consumed_source_twice():
+    # DESIGN section 5 (issue 12): non-owning buffers may overlap each other.
     ba = bytearray(16)
     first = Buffer.consume(ba, 16, 1)
-    with pytest.raises(memmanager.OverlapError):
-        Buffer.consume(ba, 8, 1)
-    first.release()
     second = Buffer.consume(ba, 8, 1)
+    assert first.address == second.address
+    first.release()
     second.release()
 
 
@@ -298,7 +305,7 @@ def malloc_filled(libc, size, byte):
 @pytest.mark.parametrize("grow", [16, 64, 1 << 16])
 def test_cmalloc_int(libc, grow):
     p = malloc_filled(libc, 32, 0x33)
-    buf = Buffer.consume(p, grow, 1)
+    buf = Buffer.consume(p, grow, 1, allocator="CMalloc")
     assert buf.allocator == "CMalloc"
     assert buf.nbytes == grow
     assert buf.delayed_gc is True
@@ -313,7 +320,7 @@ def test_cmalloc_int(libc, grow):
 def test_cmalloc_c_void_p(libc):
     p = malloc_filled(libc, 16, 0x44)
     holder = ctypes.c_void_p(p)
-    buf = Buffer.consume(holder, 16, 1)
+    buf = Buffer.consume(holder, 16, 1, allocator="CMalloc")
     assert holder.value is None
     assert buf.allocator == "CMalloc"
     assert bytes(buf) == b"\x44" * 16
@@ -323,7 +330,7 @@ def test_cmalloc_c_void_p(libc):
 def test_cmalloc_list(libc):
     p = malloc_filled(libc, 16, 0x45)
     holder = [p]
-    buf = Buffer.consume(holder, 8, 2)
+    buf = Buffer.consume(holder, 8, 2, allocator="CMalloc")
     assert holder == [0]
     assert buf.nbytes == 16
     assert bytes(buf) == b"\x45" * 16
@@ -333,7 +340,7 @@ def test_cmalloc_list(libc):
 def test_cmalloc_ctypes_pointer(libc):
     p = malloc_filled(libc, 16, 0x46)
     ptr = ctypes.cast(p, ctypes.POINTER(ctypes.c_char))
-    buf = Buffer.consume(ptr, 16, 1)
+    buf = Buffer.consume(ptr, 16, 1, allocator="CMalloc")
     assert buf.allocator == "CMalloc"
     assert bytes(buf) == b"\x46" * 16
     buf.release()
@@ -343,7 +350,7 @@ def test_cmalloc_cffi_pointer(libc):
     ffi = cffi.FFI()
     p = malloc_filled(libc, 24, 0x47)
     cdata = ffi.cast("void *", p)
-    buf = Buffer.consume(cdata, 24, 1)
+    buf = Buffer.consume(cdata, 24, 1, allocator="CMalloc")
     assert buf.allocator == "CMalloc"
     assert bytes(buf) == b"\x47" * 24
     buf.release()
@@ -360,7 +367,7 @@ def test_cmalloc_explicit_allocator(libc):
 def test_cmalloc_stub_sees_new_address(libc):
     seen = []
     p = malloc_filled(libc, 8, 0x49)
-    buf = Buffer.consume(p, 1 << 16, 1, death_stub=lambda info: seen.append(info["buffer_address"]))
+    buf = Buffer.consume(p, 1 << 16, 1, death_stub=lambda info: seen.append(info["buffer_address"]), allocator="CMalloc")
     addr = buf.address
     buf.release()
     assert seen == [addr]
@@ -368,7 +375,7 @@ def test_cmalloc_stub_sees_new_address(libc):
 
 def test_cmalloc_owned_freed_on_dealloc(libc):
     p = malloc_filled(libc, 32, 0)
-    buf = Buffer.consume(p, 32, 1, delayed_gc=False)
+    buf = Buffer.consume(p, 32, 1, delayed_gc=False, allocator="CMalloc")
     addr = buf.address
     del buf
     gc.collect()
@@ -445,7 +452,7 @@ def test_overlap_before_ownership(wrap, length, make_buffer, registry_unchanged)
     holder = wrap(addr)
     with registry_unchanged():
         with pytest.raises(memmanager.OverlapError):
-            Buffer.consume(holder, length, 1)
+            Buffer.consume(holder, length, 1, allocator="CMalloc")
     if isinstance(holder, ctypes.c_void_p):
         assert holder.value == addr
     elif isinstance(holder, list):
@@ -460,7 +467,7 @@ def test_overlap_inside_before_ownership(make_buffer):
     existing = make_buffer(64, 1, allocator="CMalloc", init_value=1)
     holder = ctypes.c_void_p(existing.address + 16)
     with pytest.raises(memmanager.OverlapError):
-        Buffer.consume(holder, 8, 1)
+        Buffer.consume(holder, 8, 1, allocator="CMalloc")
     assert holder.value == existing.address + 16
     assert bytes(existing) == b"\x01" * 64
 
@@ -519,7 +526,7 @@ def test_bad_lengths(n, s, exc, libc, arena, registry_unchanged):
         with pytest.raises(exc):
             Buffer.consume(ba, n, s)
         with pytest.raises(exc):
-            Buffer.consume(holder, n, s)
+            Buffer.consume(holder, n, s, allocator="CMalloc")
         with pytest.raises(exc):
             Buffer.consume(base, n, s, allocator="Borrowed", owner=raw)
     assert holder.value == p  # ownership not taken
@@ -533,7 +540,7 @@ def test_copy_with_address_source(libc, arena, registry_unchanged):
     holder = ctypes.c_void_p(p)
     with registry_unchanged():
         with pytest.raises(ValueError):
-            Buffer.consume(holder, 16, 1, copy=True)
+            Buffer.consume(holder, 16, 1, copy=True, allocator="CMalloc")
         with pytest.raises(ValueError):
             Buffer.consume(base, 16, 1, allocator="Borrowed", copy=True)
     assert holder.value == p
@@ -626,7 +633,7 @@ libc.mallinfo2.restype = Mallinfo2
 
 def cycle(i):
     holder = ctypes.c_void_p(libc.malloc(4096))
-    buf = memmanager.Buffer.consume(holder, 4096 + (i % 3) * 1024, 1, delayed_gc=(i % 2 == 0))
+    buf = memmanager.Buffer.consume(holder, 4096 + (i % 3) * 1024, 1, delayed_gc=(i % 2 == 0), allocator="CMalloc")
     assert holder.value is None
     if i % 4 == 0:
         buf.release()
@@ -690,7 +697,7 @@ def test_consume_rechecks_nothing_between_check_and_adoption(libc):
             gc.set_threshold(gc.get_count()[0] + extra)
             gc.enable()
             try:
-                adopted = Buffer.consume(holder, 64, 1, delayed_gc=False)
+                adopted = Buffer.consume(holder, 64, 1, delayed_gc=False, allocator="CMalloc")
             except memmanager.OverlapError:
                 assert holder == [block], "a refused consume took the block"
                 assert len(intruders) == 1 and not intruders[0].released

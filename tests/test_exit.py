@@ -160,7 +160,7 @@ def test_consumed_buffers_released_at_exit():
         ba = bytearray(b"0123456789")
         a = memmanager.Buffer.consume(ba, 10, 1, death_stub=stub)       # pinned by default
         p = libc.malloc(16)
-        c = memmanager.Buffer.consume(p, 16, 1, death_stub=stub)
+        c = memmanager.Buffer.consume(p, 16, 1, allocator="CMalloc", death_stub=stub)
         raw = ctypes.create_string_buffer(32)
         r = memmanager.Buffer.consume(ctypes.addressof(raw), 32, 1, allocator="Borrowed",
                                       owner=raw, death_stub=stub)
@@ -350,7 +350,7 @@ def test_consumed_sources_alive_at_exit():
                        death_stub=tagged("stub:borrowed"))
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
-    d = Buffer.consume([libc.malloc(64)], 64, 1, delayed_gc=False,
+    d = Buffer.consume([libc.malloc(64)], 64, 1, allocator="CMalloc", delayed_gc=False,
                        death_stub=tagged("stub:adopted"))
     view = memoryview(d)
     del a, c

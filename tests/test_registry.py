@@ -203,6 +203,9 @@ OVERLAPPING = {
 }
 
 
+# Issue 12 (DESIGN section 5): non-owning regions may overlap each other,
+# so the overlaps below are refused to an adoption (CMalloc), which may not
+# overlap any live region; it is refused before anything is reallocated.
 @pytest.mark.parametrize("name", list(OVERLAPPING))
 def test_overlap_refused(name, existing, registry_unchanged):
     start, buf, raw = existing
@@ -211,7 +214,7 @@ def test_overlap_refused(name, existing, registry_unchanged):
     refcount = sys.getrefcount(raw)
     with registry_unchanged():
         with pytest.raises(memmanager.OverlapError) as info:
-            Buffer.consume(new_start, length, 1, allocator="Borrowed", owner=raw)
+            Buffer.consume(new_start, length, 1, allocator="CMalloc")
     assert isinstance(info.value, ValueError)
     message = str(info.value)
     numbers = hex_numbers(message)
@@ -251,7 +254,7 @@ def test_overlap_with_multibyte_items(existing):
     ok.release()
     # 9 items of 8 bytes reach 8 bytes into the existing region.
     with pytest.raises(memmanager.OverlapError):
-        Buffer.consume(start - 64, 9, 8, allocator="Borrowed", owner=raw)
+        Buffer.consume(start - 64, 9, 8, allocator="CMalloc")
 
 
 def test_region_leaves_registry_when_freed(existing):
@@ -280,7 +283,7 @@ def test_pinned_region_stays_until_collected(arena):
     del buf
     gc.collect()
     with pytest.raises(memmanager.OverlapError):
-        Buffer.consume(base + 4, 4, 1, allocator="Borrowed", owner=raw)
+        Buffer.consume(base + 4, 4, 1, allocator="CMalloc")
     assert memmanager.collect_delayed([ident]) == [ident]
     gc.collect()
     again = Buffer.consume(base + 4, 4, 1, allocator="Borrowed", owner=raw)
@@ -295,7 +298,7 @@ def test_registry_check_after_operations(make_buffer, arena):
     borrowed = [Buffer.consume(base + 100 * i, 50, 1, allocator="Borrowed", owner=raw) for i in range(10)]
     registry_consistent()
     with pytest.raises(memmanager.OverlapError):
-        Buffer.consume(base + 40, 20, 1, allocator="Borrowed")
+        Buffer.consume(base + 40, 20, 1, allocator="CMalloc")
     registry_consistent()
     for b in borrowed[::2] + bufs[1::2]:
         b.release()

@@ -34,6 +34,7 @@ import sys
 import weakref
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -99,6 +100,7 @@ class Record:
         self.seen = box["seen"]             # bytes a reading stub saw
         self.closing = closing
         self.freed = False
+        self.owns = True                    # frees its memory (not zero-copy, not Borrowed)
 
     def __repr__(self):
         return (f"<Record {self.key} {self.allocator} nbytes={self.nbytes} stub={self.stub_kind}"
@@ -251,6 +253,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert buf.address == adoption.address, kind.name
         record = self.adopt_record(key, buf, adoption.allocator, stub_kind, box, adoption.closing)
         record.keep = adoption.keep
+        record.owns = adoption.allocator == "CMalloc" or bool(adoption.kwargs.get("copy"))
         self.write_pattern(record)
 
     def count_side_allocations(self, before):
@@ -278,15 +281,28 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.count_side_allocations(before)
             return
         refcount = sys.getrefcount(buf)
-        holder = [record.address + offset]
-        source, kwargs = {
-            "zero-copy": (buf, {}),
-            "Borrowed": (record.address + offset, {"allocator": "Borrowed"}),
-            "adopt": (holder, {}),
-        }[how]
         before = self.snapshot()
+        holder = [record.address + offset]
+        # Issue 12 (DESIGN section 5): a non-owning buffer may overlap other
+        # non-owning ones, but never an owned region unless it holds an
+        # export of that Buffer (a NumPy array's export is not followed);
+        # an adoption may overlap nothing.
+        source, kwargs = {
+            "zero-copy": (np.asarray(buf), {}),
+            "Borrowed": (record.address + offset, {"allocator": "Borrowed"}),
+            "adopt": (holder, {"allocator": "CMalloc"}),
+        }[how]
+        length = length if how != "zero-copy" else record.nbytes
+        if how != "adopt" and not record.owns:
+            before = memmanager.stats()   # the model counts the new buffer
+            other = Buffer.consume(source, length, 1, delayed_gc=False, **kwargs)
+            assert other.address == record.address + (offset if how == "Borrowed" else 0)
+            other.release()
+            del source, other
+            self.count_side_allocations(before)
+            return
         with pytest.raises(memmanager.OverlapError):
-            Buffer.consume(source, length if how != "zero-copy" else record.nbytes, 1, **kwargs)
+            Buffer.consume(source, length, 1, **kwargs)
         del source
         assert self.snapshot() == before
         assert holder == [record.address + offset]   # ownership was not taken
