@@ -191,6 +191,7 @@ def register_view(kind: str, create: _Create, clone: _Clone) -> None:
     """
     if not isinstance(kind, str):
         raise TypeError(f"a view kind must be a str, not {type(kind).__name__}")
+    kind = str.__str__(kind)  # an exact str: no caller's __hash__ under _lock
     if not kind:
         raise ValueError("a view kind must not be empty")
     for what, func in (("create", create), ("clone", clone)):
@@ -211,6 +212,7 @@ def view_kinds() -> List[str]:
 def _lookup(kind: Any) -> Tuple[_Create, _Clone]:
     if not isinstance(kind, str):
         raise TypeError(f"a view kind must be a str, not {type(kind).__name__}")
+    kind = str.__str__(kind)  # an exact str: no caller's __hash__ under _lock
     with _lock:
         found = _kinds.get(kind)
     if found is None:

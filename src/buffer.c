@@ -629,8 +629,11 @@ static void note_deferred_release(PyObject *exc, Py_ssize_t exports)
 static PyObject *buffer_exit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     BufferObject *self = (BufferObject *)op;
+    /* The block raised when exc_type is not None, whatever the other two
+     * arguments are; the note goes on the exception instance, if any. */
+    int raised = nargs > 0 && args[0] != Py_None;
     PyObject *leaving = NULL;
-    for (Py_ssize_t i = 0; i < nargs && i < 2; i++) {
+    for (Py_ssize_t i = 0; raised && i < nargs && i < 2; i++) {
         if (PyExceptionInstance_Check(args[i])) {
             leaving = args[i];   /* (type, value, tb): value, or a lone exception */
         }
@@ -642,14 +645,16 @@ static PyObject *buffer_exit(PyObject *op, PyObject *const *args, Py_ssize_t nar
         Py_XDECREF(leaving);
         Py_RETURN_FALSE;
     }
-    if (leaving == NULL) {
+    if (!raised) {
         return NULL;
     }
     if (!self->released && self->exports > 0 &&
         PyErr_ExceptionMatches(PyExc_BufferError)) {
         PyErr_Clear();
         self->release_deferred = 1;
-        note_deferred_release(leaving, self->exports);
+        if (leaving != NULL) {
+            note_deferred_release(leaving, self->exports);
+        }
         /* the note's code may have ended the exports meanwhile */
         if (self->exports == 0 && self->release_deferred && !self->released) {
             finish_deferred_release(self);
@@ -658,7 +663,7 @@ static PyObject *buffer_exit(PyObject *op, PyObject *const *args, Py_ssize_t nar
     else {
         PyErr_WriteUnraisable(op);
     }
-    Py_DECREF(leaving);
+    Py_XDECREF(leaving);
     Py_RETURN_FALSE;
 }
 

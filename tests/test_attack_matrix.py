@@ -70,9 +70,10 @@ def test_reentrancy(names, matrix_results):
     harness.check(matrix_results, "matrix", names)
 
 
-@pytest.mark.parametrize("names", MATRIX_KNOWN)
-def test_reentrancy_known_bug(names, matrix_results):
-    harness.check(matrix_results, "matrix", names)
+if MATRIX_KNOWN:  # only while tests/attack/known.py lists a bug
+    @pytest.mark.parametrize("names", MATRIX_KNOWN)
+    def test_reentrancy_known_bug(names, matrix_results):
+        harness.check(matrix_results, "matrix", names)
 
 
 @pytest.mark.parametrize("names", REFERENT_GROUPS)
@@ -80,6 +81,7 @@ def test_mutated_referents(names, referents_results):
     harness.check(referents_results, "referents", names)
 
 
-@pytest.mark.parametrize("names", REFERENT_KNOWN)
-def test_mutated_referents_known_bug(names, referents_results):
-    harness.check(referents_results, "referents", names)
+if REFERENT_KNOWN:  # only while tests/attack/known.py lists a bug
+    @pytest.mark.parametrize("names", REFERENT_KNOWN)
+    def test_mutated_referents_known_bug(names, referents_results):
+        harness.check(referents_results, "referents", names)

@@ -28,6 +28,7 @@ def test_type_misuse(names, types_results):
     harness.check(types_results, "types", names)
 
 
-@pytest.mark.parametrize("names", TYPE_KNOWN)
-def test_type_misuse_known_bug(names, types_results):
-    harness.check(types_results, "types", names)
+if TYPE_KNOWN:  # only while tests/attack/known.py lists a bug
+    @pytest.mark.parametrize("names", TYPE_KNOWN)
+    def test_type_misuse_known_bug(names, types_results):
+        harness.check(types_results, "types", names)

@@ -82,8 +82,8 @@ def _allocator(name: str) -> Callable[[State], Any]:
 
 def _view_entry(s: State) -> Any:
     _views(s)
-    store = [r for r in gc.get_referents(s.buf) if isinstance(r, dict)][0]
-    entry = store["n"]
+    # The views store is private: its entries, not the dict, are referents.
+    entry = [r for r in gc.get_referents(s.buf) if type(r).__name__ == "_ViewEntry"][0]
     if not _VIEW_ENTRY_TYPE:
         _VIEW_ENTRY_TYPE.append(type(entry))
     return entry

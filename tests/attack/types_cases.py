@@ -33,7 +33,8 @@ def _allocator(s: State) -> Any:
 def _view_entry(s: State) -> Any:
     buf = s.new(16, 1)
     buf.create_view("numpy", view_name="n")
-    return [r for r in gc.get_referents(buf) if isinstance(r, dict)][0]["n"]
+    # The views store is private: its entries, not the dict, are referents.
+    return [r for r in gc.get_referents(buf) if type(r).__name__ == "_ViewEntry"][0]
 
 
 def _device_view(s: State) -> Any:
