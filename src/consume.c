@@ -591,12 +591,12 @@ done:
 /* The export a non-owning buffer holds (registry and collector)       */
 /* ------------------------------------------------------------------ */
 
-/* The owned region of the Buffer whose memory a non-owning buffer shows
+/* The Buffer that owns the memory a non-owning buffer shows
  * through the export it holds, or NULL: the chain of exports (a Buffer
  * exported by a zero-copy or Borrowed buffer, a memoryview's base) is
  * followed to the Buffer that owns the memory.  Only objects whose type
  * is checked are followed; nothing here runs Python code. */
-static const region_node *consume_exporter_node(mm_state *st, BufferObject *self)
+static BufferObject *consume_exporter(mm_state *st, BufferObject *self)
 {
     PyObject *obj = self->holds_source_view ? self->source_view.obj : NULL;
     for (int depth = 0; obj != NULL && depth < 64; depth++) {
@@ -612,7 +612,7 @@ static const region_node *consume_exporter_node(mm_state *st, BufferObject *self
             return NULL;
         }
         if (b->owns_memory) {
-            return &b->node;
+            return b;
         }
         obj = b->holds_source_view ? b->source_view.obj : NULL;
     }
@@ -627,9 +627,14 @@ int consume_register_region(mm_state *st, BufferObject *self)
     region_info other;
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
-    if (region_registry_insert_shared(&self->node, start, end, (uintptr_t)self,
+    BufferObject *exporter = consume_exporter(st, self);
+    if (exporter != NULL && exporter->host_inaccessible) {
+        /* a view of device memory is device memory: no host access */
+        self->host_inaccessible = 1;
+    }
+    if (region_registry_insert_shared(&self->node, start, end, self->identifier,
                                       self->allocator->stats_slot,
-                                      consume_exporter_node(st, self), &other) != 0) {
+                                      exporter ? &exporter->node : NULL, &other) != 0) {
         raise_overlap(st, start, end, &other);
         return -1;
     }

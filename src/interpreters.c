@@ -201,6 +201,26 @@ static void visitor_leaves(mm_interp *it)
     give_back_lock();
 }
 
+/* The thread state of `it` this thread made first and has given the GIL
+ * back from (none is current), or NULL.  PyGILState_GetThisThreadState()
+ * names the first thread state made on this thread, of whichever
+ * interpreter; only one of `it` is used. */
+static PyThreadState *detached_state_of(const mm_interp *it)
+{
+    if (CURRENT_THREAD_STATE() != NULL) {
+        return NULL;
+    }
+    PyThreadState *own = PyGILState_GetThisThreadState();
+    if (own == NULL) {
+        return NULL;
+    }
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(own);
+    if (interp != it->interp || PyInterpreterState_GetID(interp) != it->id) {
+        return NULL;
+    }
+    return own;
+}
+
 void mm_interp_call_soon(mm_interp *it, mm_interp_call *call)
 {
     call->next = NULL;
@@ -228,7 +248,27 @@ void mm_interp_call_soon(mm_interp *it, mm_interp_call *call)
         return;
     }
     /* LIVE: the interpreter cannot end before this visitor leaves (its
-     * atexit callback waits), so its thread state may be made and used. */
+     * atexit callback waits), so its thread state may be made and used.
+     * A thread of that interpreter whose GIL was given back (a ctypes call,
+     * say) has a thread state of it already: a second one on the same OS
+     * thread confuses CPython 3.11 (a crash in the interpreter's own thread
+     * moments later), so that one is taken back instead. */
+    PyThreadState *own = detached_state_of(it);
+    if (own != NULL) {
+        it->visitors++;
+        all_visitors++;
+        visit mine = {it, my_visits};
+        my_visits = &mine;
+        give_back_lock();
+        PyEval_RestoreThread(own);
+        call->run(call);
+        if (queue_waiting(it)) {
+            run_queue(it, 0);
+        }
+        PyEval_SaveThread();
+        visitor_leaves(it);
+        return;
+    }
     PyThreadState *tstate = PyThreadState_New(it->interp);
     visit me = {it, my_visits};
     if (tstate != NULL) {
