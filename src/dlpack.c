@@ -355,7 +355,10 @@ static const mm_dl_device cpu_device = {MM_DL_CPU, 0};
 static mm_dl_device buffer_device(BufferObject *self)
 {
     mm_dl_device device = cpu_device;
-    switch (self->allocator->memory_kind) {
+    /* A Borrowed or zero-copy view of device memory is device memory too. */
+    int kind = self->host_inaccessible ? MM_MEMORY_CUDA_DEVICE
+                                       : self->allocator->memory_kind;
+    switch (kind) {
     case MM_MEMORY_CUDA_DEVICE:
         device.device_type = MM_DL_CUDA;
         device.device_id = CUDA_ALLOCATOR_DEVICE;

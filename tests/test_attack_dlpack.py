@@ -684,3 +684,23 @@ def test_cudamanaged_is_readable_by_numpy(fake_cuda, make_buffer):
     del array, copied
     gc.collect()
     assert buf.exports == 0
+
+
+def test_borrowed_view_of_device_memory_stays_on_the_device(fake_cuda, make_buffer):
+    # Found after the merge: Borrowed with owner= a CudaDevice buffer may now
+    # overlap it (it holds an export), and it read device memory from the
+    # host (a segfault on a real GPU) and called itself CPU memory.
+    dev = make_buffer(16, 1, allocator="CudaDevice")
+    view = Buffer.consume(dev.address, 16, 1, allocator="Borrowed", owner=dev,
+                          delayed_gc=False)
+    with pytest.raises(BufferError, match="GPU"):
+        view[0]
+    with pytest.raises(BufferError, match="GPU"):
+        memoryview(view)
+    with pytest.raises(BufferError, match="GPU"):
+        view.extract_buffer_region(0, 3)
+    assert view.__dlpack_device__() == (KDL_CUDA, 0)
+    with pytest.raises(BufferError):
+        dev.release()
+    view.release()
+    dev.release()
