@@ -62,6 +62,25 @@
 #define RUNTIME_FINALIZING() _Py_IsFinalizing()
 #endif
 
+/* The thread state this thread holds the GIL with, or NULL.  Before 3.12
+ * the "current" thread state is one global, the GIL holder's, whichever
+ * thread that is: a thread that gave the GIL back (a ctypes call) reads
+ * another thread's there, and must not take it for its own.  (A thread
+ * state used on a thread other than the one that made it, as 3.11's
+ * run_string does from a non-main thread, is then not recognised: a
+ * deleter called inside it without giving the GIL back would wait for the
+ * GIL it holds.) */
+static PyThreadState *this_thread_state(void)
+{
+    PyThreadState *tstate = CURRENT_THREAD_STATE();
+#if PY_VERSION_HEX < 0x030C0000
+    if (tstate != NULL && tstate->thread_id != PyThread_get_thread_ident()) {
+        return NULL;
+    }
+#endif
+    return tstate;
+}
+
 enum { INTERP_LIVE, INTERP_ENDING, INTERP_GONE };
 
 struct mm_interp {
@@ -159,7 +178,7 @@ void mm_interp_unref(mm_interp *it)
 /* Whether this thread holds a thread state of `it` (and with it the GIL). */
 static int is_current(const mm_interp *it)
 {
-    PyThreadState *tstate = CURRENT_THREAD_STATE();
+    PyThreadState *tstate = this_thread_state();
     if (tstate == NULL) {
         return 0;
     }
@@ -207,7 +226,7 @@ static void visitor_leaves(mm_interp *it)
  * interpreter; only one of `it` is used. */
 static PyThreadState *detached_state_of(const mm_interp *it)
 {
-    if (CURRENT_THREAD_STATE() != NULL) {
+    if (this_thread_state() != NULL) {
         return NULL;
     }
     PyThreadState *own = PyGILState_GetThisThreadState();
@@ -283,7 +302,7 @@ void mm_interp_call_soon(mm_interp *it, mm_interp_call *call)
     }
     /* Holding another interpreter's GIL (or this one's, through another
      * thread state): give it back while we are away. */
-    PyThreadState *saved = CURRENT_THREAD_STATE() ? PyEval_SaveThread() : NULL;
+    PyThreadState *saved = this_thread_state() ? PyEval_SaveThread() : NULL;
     PyEval_RestoreThread(tstate);
     call->run(call);
     if (queue_waiting(it)) {
