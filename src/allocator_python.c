@@ -87,22 +87,67 @@ static int refuse_overlap(AllocatorObject *self, uintptr_t start, size_t size)
     return -1;
 }
 
+/* A block's cookie: the plug-in's handle, and an export of it when it has
+ * the buffer protocol.  The export keeps the handle's memory where it is:
+ * a bytearray handle, say, reachable through gc.get_referents(buffer),
+ * cannot be cleared or resized under the buffer while it is held. */
+typedef struct {
+    PyObject *handle;       /* strong */
+    Py_buffer view;         /* valid when has_view */
+    int has_view;
+} python_cookie;
+
+static void python_cookie_free(python_cookie *cookie)
+{
+    if (cookie->has_view) {
+        PyBuffer_Release(&cookie->view);
+    }
+    Py_DECREF(cookie->handle);
+    PyMem_Free(cookie);
+}
+
+/* Steals handle; NULL with an exception when out of memory. */
+static python_cookie *python_cookie_new(PyObject *handle)
+{
+    python_cookie *cookie = PyMem_Malloc(sizeof(*cookie));
+    if (cookie == NULL) {
+        Py_DECREF(handle);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    cookie->handle = handle;
+    cookie->has_view = 0;
+    if (PyObject_CheckBuffer(handle)) {
+        if (PyObject_GetBuffer(handle, &cookie->view, PyBUF_SIMPLE) == 0) {
+            cookie->has_view = 1;
+        }
+        else {
+            PyErr_Clear();   /* a handle that will not export: as before */
+        }
+    }
+    return cookie;
+}
+
 /* Turns a handle into a block: its address, validated.  Steals handle. */
 static int take_handle(AllocatorObject *self, PyObject *handle, size_t size,
                        mm_raw *out)
 {
     uintptr_t address;
+    python_cookie *cookie = python_cookie_new(handle);
+    if (cookie == NULL) {
+        return -1;
+    }
     PyObject *get_address = plugin_method(self, METHOD_ADDRESS);
     PyObject *value = get_address ? PyObject_CallOneArg(get_address, handle) : NULL;
     if (value == NULL || validate_address(self, value, size, &address) < 0 ||
         refuse_overlap(self, address, size) < 0) {
         Py_XDECREF(value);
-        Py_DECREF(handle);
+        python_cookie_free(cookie);
         return -1;
     }
     Py_DECREF(value);
     out->base = (char *)address;
-    out->cookie = handle;
+    out->cookie = cookie;
     return 0;
 }
 
@@ -213,13 +258,22 @@ static void python_release(AllocatorObject *self, char *base,
         Py_XDECREF(address);
         Py_DECREF(free_method);
     }
-    Py_XDECREF((PyObject *)cookie);   /* the handle, after free() */
+    if (cookie != NULL) {
+        python_cookie_free(cookie);   /* the handle, after free() */
+    }
     PyErr_Restore(exc_type, exc_value, exc_tb);
 }
 
+/* A handle we hold an export of is not shown to the collector, which
+ * could clear it (a memoryview drops its memory in tp_clear even while
+ * exported): it looks referenced from outside, and a cycle through it is
+ * not collected.  Other handles take part in cycles as usual. */
 static int python_visit_cookie(void *cookie, visitproc visit, void *arg)
 {
-    Py_VISIT((PyObject *)cookie);
+    python_cookie *c = cookie;
+    if (!c->has_view) {
+        Py_VISIT(c->handle);
+    }
     return 0;
 }
 

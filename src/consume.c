@@ -592,16 +592,47 @@ done:
 /* ------------------------------------------------------------------ */
 
 /* The Buffer that owns the memory a non-owning buffer shows
- * through the export it holds, or NULL: the chain of exports (a Buffer
+ * through the export it holds, or NULL (self inherits the read-only and
+ * host-inaccessible marks of every Buffer on the way): the chain of exports (a Buffer
  * exported by a zero-copy or Borrowed buffer, a memoryview's base) is
  * followed to the Buffer that owns the memory.  Only objects whose type
  * is checked are followed; nothing here runs Python code. */
+/* numpy.ndarray itself, a static type: its `base` is a C getter, so
+ * reading it runs no Python code (a subclass could override it). */
+static int is_numpy_array(PyObject *obj)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    return !(type->tp_flags & Py_TPFLAGS_HEAPTYPE) &&
+           strcmp(type->tp_name, "numpy.ndarray") == 0;
+}
+
+/* The array's base, borrowed (the array holds it), or NULL. */
+static PyObject *numpy_base(PyObject *array)
+{
+    PyObject *base = PyObject_GetAttrString(array, "base");
+    if (base == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(base);
+    return base == Py_None ? NULL : base;
+}
+
 static BufferObject *consume_exporter(mm_state *st, BufferObject *self)
 {
     PyObject *obj = self->holds_source_view ? self->source_view.obj : NULL;
     for (int depth = 0; obj != NULL && depth < 64; depth++) {
         if (PyMemoryView_Check(obj)) {
             obj = PyMemoryView_GET_BASE(obj);
+            continue;
+        }
+        PyObject *held = view_export_exporter(st, obj);
+        if (held != NULL) {   /* create_view("numpy")'s base */
+            obj = held;
+            continue;
+        }
+        if (is_numpy_array(obj)) {
+            obj = numpy_base(obj);
             continue;
         }
         if (!PyObject_TypeCheck(obj, st->buffer_type)) {
@@ -611,6 +642,12 @@ static BufferObject *consume_exporter(mm_state *st, BufferObject *self)
         if (b->released) {
             return NULL;
         }
+        /* Every Buffer on the way passes on where its memory is and
+         * whether it may be written (a view of device memory is device
+         * memory; a view of read-only memory, bytes or a PROT_READ
+         * mapping, is read-only). */
+        self->host_inaccessible |= b->host_inaccessible;
+        self->readonly |= b->readonly;
         if (b->owns_memory) {
             return b;
         }
@@ -628,10 +665,6 @@ int consume_register_region(mm_state *st, BufferObject *self)
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
     BufferObject *exporter = consume_exporter(st, self);
-    if (exporter != NULL && exporter->host_inaccessible) {
-        /* a view of device memory is device memory: no host access */
-        self->host_inaccessible = 1;
-    }
     if (region_registry_insert_shared(&self->node, start, end, self->identifier,
                                       self->allocator->stats_slot,
                                       exporter ? &exporter->node : NULL, &other) != 0) {

@@ -435,10 +435,15 @@ static PyObject *copy_of(BufferObject *self)
         memcpy(target, self->data, (size_t)self->nbytes);
         return copy;
     }
-    self->exports++;    /* release() must wait for the copy */
+    /* release() of either must wait for the copy: the copy is already
+     * tracked by the collector, so another thread may find it through
+     * gc.get_objects() while the GIL is given back. */
+    self->exports++;
+    ((BufferObject *)copy)->exports++;
     Py_BEGIN_ALLOW_THREADS
     memcpy(target, self->data, (size_t)self->nbytes);
     Py_END_ALLOW_THREADS
+    buffer_export_ended((BufferObject *)copy);
     buffer_export_ended(self);   /* may finish a release __exit__ deferred */
     return copy;
 }

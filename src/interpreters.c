@@ -322,6 +322,14 @@ void mm_interp_call_soon(mm_interp *it, mm_interp_call *call)
 
 #define TOKEN_CAPSULE "memmanager._core.interpreter"
 
+/* Under `lock`: whether threads other than this one are visiting `it`
+ * (or, for the main interpreter, any interpreter). */
+static int visitors_inside(mm_interp *it)
+{
+    return it->is_main ? all_visitors > my_visits_of(NULL)
+                       : it->visitors > my_visits_of(it);
+}
+
 static PyObject *interpreter_exiting(PyObject *capsule, PyObject *Py_UNUSED(unused))
 {
     mm_interp *it = PyCapsule_GetPointer(capsule, TOKEN_CAPSULE);
@@ -329,7 +337,8 @@ static PyObject *interpreter_exiting(PyObject *capsule, PyObject *Py_UNUSED(unus
         PyErr_Clear();
         Py_RETURN_NONE;
     }
-    Py_BEGIN_ALLOW_THREADS
+    /* The lock is never held by a thread waiting for a GIL, so it may be
+     * taken with ours. */
     take_lock();
     if (it->state == INTERP_LIVE) {
         it->state = INTERP_ENDING;
@@ -337,12 +346,22 @@ static PyObject *interpreter_exiting(PyObject *capsule, PyObject *Py_UNUSED(unus
     if (it->is_main) {
         runtime_ending = 1;
     }
-    while (it->is_main ? all_visitors > my_visits_of(NULL)
-                       : it->visitors > my_visits_of(it)) {
-        pthread_cond_wait(&visitor_left, &lock);
-    }
+    int must_wait = visitors_inside(it);
     give_back_lock();
-    Py_END_ALLOW_THREADS
+    /* The GIL is given back only when a visitor needs it to leave: while
+     * the runtime finalises (a subinterpreter ended by Py_FinalizeEx), a
+     * thread state other than the finalising one that takes the GIL again
+     * ends its thread, and with it the process's exit status.  No visitor
+     * can enter then (mm_interp_call_soon abandons). */
+    if (must_wait && !RUNTIME_FINALIZING()) {
+        Py_BEGIN_ALLOW_THREADS
+        take_lock();
+        while (visitors_inside(it)) {
+            pthread_cond_wait(&visitor_left, &lock);
+        }
+        give_back_lock();
+        Py_END_ALLOW_THREADS
+    }
     run_queue(it, 0);
     Py_RETURN_NONE;
 }

@@ -491,6 +491,9 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
 /* views.c */
 extern PyType_Spec view_entry_type_spec;
 extern PyType_Spec view_export_type_spec;
+/* The object a _ViewExport holds an export of (borrowed), or NULL when obj
+ * is no _ViewExport. */
+PyObject *view_export_exporter(mm_state *st, PyObject *obj);
 PyObject *buffer_view_export(PyObject *self, PyObject *unused);
 int views_add_types(PyObject *module, mm_state *st);
 int buffer_views_traverse(BufferObject *self, visitproc visit, void *arg);

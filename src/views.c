@@ -297,6 +297,14 @@ PyType_Spec view_export_type_spec = {
 
 /* _view_export() -> an export of the whole buffer, writable unless the
  * buffer is read-only (for memmanager/_views.py's NumPy kind). */
+PyObject *view_export_exporter(mm_state *st, PyObject *obj)
+{
+    if (Py_TYPE(obj) != st->view_export_type) {
+        return NULL;
+    }
+    return ((ViewExport *)obj)->view.obj;
+}
+
 PyObject *buffer_view_export(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     BufferObject *self = (BufferObject *)op;

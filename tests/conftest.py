@@ -119,6 +119,16 @@ def _unpin_after_test():
     yield
     memmanager.collect_delayed()
     gc.collect()
+    # What survives a full collection between tests is the session's own
+    # (modules, the attack suite's thousands of cases, fixtures): frozen,
+    # the collections of the next test walk only what that test made.
+    # (Tests that gc.unfreeze() for their own reasons get it back here.)
+    gc.freeze()
+
+
+def pytest_collection_finish(session):
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture
