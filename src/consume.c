@@ -609,7 +609,11 @@ static int is_numpy_array(PyObject *obj)
 /* The array's base, borrowed (the array holds it), or NULL. */
 static PyObject *numpy_base(PyObject *array)
 {
-    PyObject *base = PyObject_GetAttrString(array, "base");
+    /* Interned: a fresh name each call would be kept, one per call, by
+     * the type attribute cache. */
+    PyObject *name = PyUnicode_InternFromString("base");
+    PyObject *base = name ? PyObject_GetAttr(array, name) : NULL;
+    Py_XDECREF(name);
     if (base == NULL) {
         PyErr_Clear();
         return NULL;

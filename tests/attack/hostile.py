@@ -59,26 +59,31 @@ class State:
 # ---------------------------------------------------------------------------
 
 class PyPlug:
-    """A well-behaved Python allocator plug-in (ctypes blocks)."""
+    """A well-behaved Python allocator plug-in (ctypes blocks).
+
+    The handle is the ctypes block itself, so the buffer holds it (and an
+    export of it): code that clears `blocks` through gc.get_referents
+    cannot free memory a buffer still uses.  (A plug-in whose handle is a
+    bare int address answers for that memory alone.)"""
 
     def __init__(self) -> None:
         self.blocks: Dict[int, Any] = {}
 
-    def malloc(self, num_items: int, item_size: int, init_byte: Any, options: Any) -> int:
+    def malloc(self, num_items: int, item_size: int, init_byte: Any, options: Any) -> Any:
         raw = ctypes.create_string_buffer(max(1, num_items * item_size))
         self.blocks[ctypes.addressof(raw)] = raw
-        return ctypes.addressof(raw)
+        return raw
 
-    def get_buffer_address(self, handle: int) -> int:
-        return handle
+    def get_buffer_address(self, handle: Any) -> int:
+        return ctypes.addressof(handle)
 
     def free(self, address: int) -> None:
         self.blocks.pop(address, None)
 
-    def consume(self, source: Any, length: int, options: Any) -> int:
+    def consume(self, source: Any, length: int, options: Any) -> Any:
         raw = ctypes.create_string_buffer(max(1, length))
         self.blocks[ctypes.addressof(raw)] = raw
-        return ctypes.addressof(raw)
+        return raw
 
 
 PLUG_NAME = "AttackPlug"
