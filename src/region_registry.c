@@ -194,8 +194,11 @@ static void split(region_node *t, uintptr_t key, region_node *parent,
 }
 
 /* Joins two treaps where every start in a is below every start in b; the
- * root of the result gets `parent`. */
-static region_node *merge(region_node *a, region_node *b, region_node *parent)
+ * root of the result gets `parent`.  *deepest (when not NULL) receives the
+ * last node linked on the spine, or `parent`: the lowest node whose
+ * subtree changed (the shared treap fixes its max_end from there up). */
+static region_node *merge_to(region_node *a, region_node *b, region_node *parent,
+                             region_node **deepest)
 {
     region_node *root = NULL;
     region_node **link = &root;
@@ -219,7 +222,15 @@ static region_node *merge(region_node *a, region_node *b, region_node *parent)
     if (*link != NULL) {
         (*link)->parent = parent;
     }
+    if (deepest != NULL) {
+        *deepest = parent;
+    }
     return root;
+}
+
+static region_node *merge(region_node *a, region_node *b, region_node *parent)
+{
+    return merge_to(a, b, parent, NULL);
 }
 
 /* The live region with the greatest start below `end`, if it reaches
@@ -376,30 +387,9 @@ static void shared_remove(region_node *node)
     region_node *parent = node->parent;
     region_node **link = parent == NULL ? &shared_root
                        : parent->left == node ? &parent->left : &parent->right;
-    /* merge() links a spine; its deepest node is the one whose subtree
-     * changed last: max_end is fixed from there up to the root. */
-    region_node *a = node->left, *b = node->right, *deepest = parent;
-    region_node **out = link;
-    while (a != NULL && b != NULL) {
-        if (a->priority > b->priority) {
-            *out = a;
-            a->parent = deepest;
-            deepest = a;
-            out = &a->right;
-            a = a->right;
-        }
-        else {
-            *out = b;
-            b->parent = deepest;
-            deepest = b;
-            out = &b->left;
-            b = b->left;
-        }
-    }
-    *out = (a != NULL) ? a : b;
-    if (*out != NULL) {
-        (*out)->parent = deepest;
-    }
+    /* max_end is fixed from the deepest node merge linked up to the root. */
+    region_node *deepest;
+    *link = merge_to(node->left, node->right, parent, &deepest);
     shared_fix_up(deepest, NULL);
     node->left = node->right = node->parent = NULL;
     shared_size--;
