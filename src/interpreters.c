@@ -186,9 +186,9 @@ static int is_current(const mm_interp *it)
     return interp == it->interp && PyInterpreterState_GetID(interp) == it->id;
 }
 
-/* Runs what was queued for `it`; the caller is inside it.  `gone`: set
- * GONE first, so nothing more is queued. */
-static void run_queue(mm_interp *it, int gone)
+/* Takes what was queued for `it`.  `gone`: set GONE first, so nothing
+ * more is queued. */
+static mm_interp_call *take_queue(mm_interp *it, int gone)
 {
     take_lock();
     if (gone) {
@@ -197,6 +197,13 @@ static void run_queue(mm_interp *it, int gone)
     mm_interp_call *call = it->queue;
     __atomic_store_n(&it->queue, NULL, __ATOMIC_RELAXED);
     give_back_lock();
+    return call;
+}
+
+/* Runs what was queued for `it`; the caller is inside it. */
+static void run_queue(mm_interp *it, int gone)
+{
+    mm_interp_call *call = take_queue(it, gone);
     while (call != NULL) {
         mm_interp_call *next = call->next;
         call->run(call);
@@ -435,11 +442,7 @@ void mm_interp_detach(mm_state *st)
         run_queue(it, 1);
     }
     else {                  /* not expected: leave what is queued alone */
-        take_lock();
-        it->state = INTERP_GONE;
-        mm_interp_call *call = it->queue;
-        __atomic_store_n(&it->queue, NULL, __ATOMIC_RELAXED);
-        give_back_lock();
+        mm_interp_call *call = take_queue(it, 1);
         while (call != NULL) {
             mm_interp_call *next = call->next;
             call->abandon(call);
