@@ -1,14 +1,14 @@
 /*
  * allocator.c -- the Allocator object: one allocator *kind* (an
  * mm_allocator_ops) behind a registered name, and the operations every
- * buffer goes through: allocator_parse_options(), allocator_alloc_block(),
- * allocator_consume_block() and allocator_free_block().
+ * buffer goes through: mm_allocator_parse_options(), mm_allocator_alloc_block(),
+ * mm_allocator_consume_block() and mm_allocator_free_block().
  *
  * The public MemManagerAllocator vtable (memmanager/allocator.h) has no
  * room for per-buffer options or state, so inside the extension a kind
  * sits in front of it:
  *
- *   kind        parse_options          per-block cookie
+ *   kind        mm_parse_options          per-block cookie
  *   ----------  ---------------------  ------------------------------
  *   vtable      none (TypeError)       none     PyAlloc, CMalloc, capsules
  *   Aligned     alignment=             mmapped or not
@@ -122,7 +122,7 @@ static PyType_Slot allocator_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec allocator_type_spec = {
+PyType_Spec mm_allocator_type_spec = {
     .name = "memmanager._core.Allocator",
     .basicsize = sizeof(AllocatorObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE |
@@ -132,12 +132,12 @@ PyType_Spec allocator_type_spec = {
 
 /* A new allocator of the given kind; the flags are the caller's to set
  * (all off, except debug and needs_gil for the Python kind). */
-AllocatorObject *allocator_new(mm_state *st, const char *name,
+AllocatorObject *mm_allocator_new(mm_state *st, const char *name,
                                const mm_allocator_ops *ops,
                                const MemManagerAllocator *vtable,
                                PyObject *keeper)
 {
-    int slot = region_registry_stats_slot(name, strlen(name));
+    int slot = mm_region_registry_stats_slot(name, strlen(name));
     if (slot < 0) {
         PyErr_NoMemory();   /* the stats table grows: only memory limits it */
         return NULL;
@@ -175,7 +175,7 @@ static int register_builtin(mm_state *st, const char *name,
                             const mm_allocator_ops *ops,
                             const MemManagerAllocator *vtable)
 {
-    AllocatorObject *alloc = allocator_new(st, name, ops, vtable, NULL);
+    AllocatorObject *alloc = mm_allocator_new(st, name, ops, vtable, NULL);
     if (alloc == NULL) {
         return -1;
     }
@@ -189,13 +189,13 @@ static int register_builtin(mm_state *st, const char *name,
     alloc->guarded = st->debug && (vtable == &mm_cmalloc_vtable ||
                                    ops == &mm_aligned_ops || ops == &mm_mmap_ops);
     PyObject *key = PyUnicode_InternFromString(name);
-    int rc = key == NULL ? -1 : allocator_registry_set(st, key, alloc);
+    int rc = key == NULL ? -1 : mm_allocator_registry_set(st, key, alloc);
     Py_XDECREF(key);
     Py_DECREF(alloc);
     return rc;
 }
 
-int allocator_register_builtins(mm_state *st)
+int mm_allocator_register_builtins(mm_state *st)
 {
     if (register_builtin(st, "PyAlloc", &mm_vtable_ops, &mm_pyalloc_vtable) < 0 ||
         register_builtin(st, "CMalloc", &mm_vtable_ops, &mm_cmalloc_vtable) < 0 ||
@@ -203,7 +203,7 @@ int allocator_register_builtins(mm_state *st)
         register_builtin(st, "Aligned", &mm_aligned_ops, NULL) < 0 ||
         register_builtin(st, "Mmap", &mm_mmap_ops, NULL) < 0 ||
         register_builtin(st, "SharedMemory", &mm_shm_ops, NULL) < 0 ||
-        cuda_register_allocators(st) < 0) {
+        mm_cuda_register_allocators(st) < 0) {
         return -1;
     }
     st->default_allocator = Py_NewRef(PyDict_GetItemString(st->allocators, "PyAlloc"));
@@ -216,13 +216,13 @@ int allocator_register_builtins(mm_state *st)
  * untracked after every insert, so gc.get_referents(module) and
  * gc.get_objects() cannot hand it out (sound: the module state holds the
  * only reference).  Were it reachable, storing anything in it would be a
- * type confusion, and replacing an entry behind allocator_registry_set
+ * type confusion, and replacing an entry behind mm_allocator_registry_set
  * would leave the lookup cache naming a freed allocator.  Its keys are
  * exact str, so no __hash__ or __eq__ of a caller's str subclass runs
  * inside it; values read back are still type-checked, and the cache holds
  * strong references, so neither depends on the dict staying private. */
 
-/* Every change to the dict goes through here, so that allocator_lookup's
+/* Every change to the dict goes through here, so that mm_allocator_lookup's
  * memory of the last name never outlives it. */
 static void forget_last_lookup(mm_state *st)
 {
@@ -232,7 +232,7 @@ static void forget_last_lookup(mm_state *st)
 
 /* The allocator replaced is dropped only once the dict is consistent and
  * private again: its destructor may run Python code (a plug-in's). */
-int allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc)
+int mm_allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc)
 {
     if (st->allocators == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "memmanager is shutting down");
@@ -255,7 +255,7 @@ int allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc)
     return rc;
 }
 
-void allocator_registry_clear(mm_state *st)
+void mm_allocator_registry_clear(mm_state *st)
 {
     forget_last_lookup(st);
     Py_CLEAR(st->allocators);
@@ -267,7 +267,7 @@ void allocator_registry_clear(mm_state *st)
  * code), so the last name found is remembered and matched by identity.
  * A str subclass is looked up by its text (an exact copy): its __hash__
  * and __eq__ never run. */
-AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
+AllocatorObject *mm_allocator_lookup(mm_state *st, PyObject *name)
 {
     if (st->allocators == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -317,7 +317,7 @@ AllocatorObject *allocator_lookup(mm_state *st, PyObject *name)
 /* ------------------------------------------------------------------ */
 
 /* Refuses any option: for consume() and for kinds that take none. */
-int allocator_check_options(AllocatorObject *alloc, PyObject *options)
+int mm_allocator_check_options(AllocatorObject *alloc, PyObject *options)
 {
     if (options == NULL || PyDict_GET_SIZE(options) == 0) {
         return 0;
@@ -330,21 +330,21 @@ int allocator_check_options(AllocatorObject *alloc, PyObject *options)
     return -1;
 }
 
-int allocator_refuse_options(AllocatorObject *alloc, PyObject *options,
+int mm_allocator_refuse_options(AllocatorObject *alloc, PyObject *options,
                              mm_request *Py_UNUSED(req))
 {
-    return allocator_check_options(alloc, options);
+    return mm_allocator_check_options(alloc, options);
 }
 
 /* *value is the option (borrowed), or NULL when it is absent or None. */
-void option_get(PyObject *options, const char *key, PyObject **value)
+void mm_option_get(PyObject *options, const char *key, PyObject **value)
 {
     PyObject *found = options != NULL ? PyDict_GetItemString(options, key) : NULL;
     *value = (found != NULL && found != Py_None) ? found : NULL;
 }
 
 /* TypeError naming the first option that is not in `known`. */
-int option_refuse_others(AllocatorObject *alloc, PyObject *options,
+int mm_option_refuse_others(AllocatorObject *alloc, PyObject *options,
                          const char *const *known)
 {
     PyObject *key;
@@ -366,7 +366,7 @@ int option_refuse_others(AllocatorObject *alloc, PyObject *options,
     return 0;
 }
 
-int allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
+int mm_allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
                                 Py_ssize_t num_items, Py_ssize_t item_size,
                                 int init_byte, mm_request *req)
 {
@@ -394,7 +394,7 @@ static int is_traced(AllocatorObject *alloc)
     return !alloc->uses_pymem && !alloc->consume_only;
 }
 
-void allocator_track(AllocatorObject *alloc, mm_block *block)
+void mm_allocator_track(AllocatorObject *alloc, mm_block *block)
 {
     if (is_traced(alloc)) {
         /* -2 means tracemalloc is not tracing: nothing to do. */
@@ -427,7 +427,7 @@ static int fill_block(AllocatorObject *alloc, char *ptr, int init_byte, size_t s
 static int guard_sizes(AllocatorObject *alloc, const mm_request *req,
                        size_t size, size_t *front, size_t *total)
 {
-    *front = debug_guard_front(req->alignment);
+    *front = mm_debug_guard_front(req->alignment);
     size_t back = DEBUG_GUARD_BACK;
     if (size > SIZE_MAX - *front - back) {
         PyErr_Format(PyExc_MemoryError,
@@ -491,19 +491,19 @@ static MM_NOINLINE int alloc_block_general(AllocatorObject *alloc,
         }
     }
     if (alloc->guarded) {
-        debug_write_guards(raw.base, front, size);
+        mm_debug_write_guards(raw.base, front, size);
     }
     out->address = ptr;
     out->size = size;
     out->cookie = raw.cookie;
     out->guard = front;
-    allocator_track(alloc, out);
+    mm_allocator_track(alloc, out);
     return 0;
 }
 
 /* The hot path is an unguarded vtable allocator (PyAlloc, CMalloc): its
  * functions are called directly, as small buffers cannot afford more. */
-int allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
+int mm_allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
                           size_t size, int init_byte, mm_block *out)
 {
     if (alloc->ops != &mm_vtable_ops || alloc->guarded || alloc->consume_only ||
@@ -526,11 +526,11 @@ int allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
     out->size = size;
     out->cookie = NULL;
     out->guard = 0;
-    allocator_track(alloc, out);
+    mm_allocator_track(alloc, out);
     return 0;
 }
 
-int allocator_consume_block(AllocatorObject *alloc, PyObject *source,
+int mm_allocator_consume_block(AllocatorObject *alloc, PyObject *source,
                             size_t size, PyObject *options, mm_block *out)
 {
     mm_raw raw = {NULL, NULL};
@@ -545,7 +545,7 @@ int allocator_consume_block(AllocatorObject *alloc, PyObject *source,
     out->size = size;
     out->cookie = raw.cookie;
     out->guard = 0;
-    allocator_track(alloc, out);
+    mm_allocator_track(alloc, out);
     return 0;
 }
 
@@ -553,7 +553,7 @@ static MM_NOINLINE void free_block_general(AllocatorObject *alloc, mm_block *blo
 {
     size_t total = block->size;
     if (block->guard > 0) {
-        debug_check_guards(alloc, block);
+        mm_debug_check_guards(alloc, block);
         total += block->guard + DEBUG_GUARD_BACK;
     }
     char *base = block->address - block->guard;
@@ -567,7 +567,7 @@ static MM_NOINLINE void free_block_general(AllocatorObject *alloc, mm_block *blo
     }
 }
 
-void allocator_free_block(AllocatorObject *alloc, mm_block *block)
+void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block)
 {
     if (is_traced(alloc)) {
         (void)PyTraceMalloc_Untrack(MEMMANAGER_TRACEMALLOC_DOMAIN,
@@ -581,7 +581,7 @@ void allocator_free_block(AllocatorObject *alloc, mm_block *block)
     free_block_general(alloc, block);
 }
 
-int allocator_visit_block(AllocatorObject *alloc, void *cookie,
+int mm_allocator_visit_block(AllocatorObject *alloc, void *cookie,
                           visitproc visit, void *arg)
 {
     if (cookie == NULL || alloc == NULL || alloc->ops->visit_cookie == NULL) {
@@ -618,7 +618,7 @@ static void vtable_release(AllocatorObject *self, char *base, size_t size,
 
 const mm_allocator_ops mm_vtable_ops = {
     .kind = "vtable",
-    .parse_options = allocator_refuse_options,
+    .parse_options = mm_allocator_refuse_options,
     .allocate = vtable_allocate,
     .release = vtable_release,
 };

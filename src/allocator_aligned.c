@@ -58,10 +58,10 @@ static int aligned_parse_options(AllocatorObject *self, PyObject *options,
     if (options == NULL) {
         return 0;
     }
-    if (option_refuse_others(self, options, known) < 0) {
+    if (mm_option_refuse_others(self, options, known) < 0) {
         return -1;
     }
-    option_get(options, "alignment", &value);   /* None: the default */
+    mm_option_get(options, "alignment", &value);   /* None: the default */
     return value == NULL ? 0 : parse_alignment(value, &req->alignment);
 }
 

@@ -14,7 +14,7 @@
  *     damage is reported on stderr and as a RuntimeWarning, and the block
  *     is freed all the same: an overrun is never silent and never a crash.
  *   - registry checks: the live-region registry's invariants are checked
- *     after every insert and remove (buffer.c calls debug_check_registry);
+ *     after every insert and remove (buffer.c calls mm_debug_check_registry);
  *     a violation is reported the same way.
  *
  * Reports never raise: a warning turned into an error goes to
@@ -28,12 +28,12 @@
 #define GUARD_BYTE 0xFD
 #define GUARD_FRONT_MIN ((size_t)64)
 
-size_t debug_guard_front(size_t alignment)
+size_t mm_debug_guard_front(size_t alignment)
 {
     return alignment > GUARD_FRONT_MIN ? alignment : GUARD_FRONT_MIN;
 }
 
-void debug_write_guards(char *base, size_t front, size_t size)
+void mm_debug_write_guards(char *base, size_t front, size_t size)
 {
     char *block = base + front;
     memset(block - GUARD_FRONT_MIN, GUARD_BYTE, GUARD_FRONT_MIN);
@@ -64,7 +64,7 @@ static void report(const char *message)
     PyErr_Restore(exc_type, exc_value, exc_tb);
 }
 
-void debug_check_guards(AllocatorObject *alloc, const mm_block *block)
+void mm_debug_check_guards(AllocatorObject *alloc, const mm_block *block)
 {
     size_t front_length = block->guard < GUARD_FRONT_MIN ? block->guard : GUARD_FRONT_MIN;
     const unsigned char *front = (const unsigned char *)block->address - front_length;
@@ -97,10 +97,10 @@ void debug_check_guards(AllocatorObject *alloc, const mm_block *block)
     report(message);
 }
 
-void debug_check_registry(const char *after)
+void mm_debug_check_registry(const char *after)
 {
     const char *why = NULL;
-    if (region_registry_check(&why) >= 0) {
+    if (mm_region_registry_check(&why) >= 0) {
         return;
     }
     char message[256];

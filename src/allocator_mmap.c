@@ -128,7 +128,7 @@ void mm_populate(char *base, size_t size)
 static int parse_bool_option(PyObject *options, const char *key, int *out)
 {
     PyObject *value;
-    option_get(options, key, &value);
+    mm_option_get(options, key, &value);
     if (value != NULL) {
         int truth = PyObject_IsTrue(value);
         if (truth < 0) {
@@ -147,7 +147,7 @@ static int mmap_parse_options(AllocatorObject *self, PyObject *options,
     if (options == NULL) {
         return 0;
     }
-    if (option_refuse_others(self, options, known) < 0 ||
+    if (mm_option_refuse_others(self, options, known) < 0 ||
         parse_bool_option(options, "hugepages", &req->hugepages) < 0 ||
         parse_bool_option(options, "populate", &req->populate) < 0 ||
         parse_bool_option(options, "shared", &req->shared) < 0) {

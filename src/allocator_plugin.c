@@ -72,7 +72,7 @@ static AllocatorObject *from_capsule(mm_state *st, const char *name, PyObject *c
     if (vt == NULL) {
         return NULL;
     }
-    return allocator_new(st, name, &mm_vtable_ops, vt, capsule);
+    return mm_allocator_new(st, name, &mm_vtable_ops, vt, capsule);
 }
 
 /* ------------------------------------------------------------------ */
@@ -168,7 +168,7 @@ static AllocatorObject *from_python(mm_state *st, const char *name, PyObject *im
     if (methods == NULL) {
         return NULL;
     }
-    AllocatorObject *alloc = allocator_new(st, name, &mm_python_ops, NULL, impl);
+    AllocatorObject *alloc = mm_allocator_new(st, name, &mm_python_ops, NULL, impl);
     if (alloc == NULL) {
         Py_DECREF(methods);
         return NULL;
@@ -213,7 +213,7 @@ static const char *checked_name(mm_state *st, PyObject *name)
 }
 
 /* Registers impl under name; returns the new Allocator object. */
-PyObject *allocator_register_plugin(mm_state *st, PyObject *name, PyObject *impl)
+PyObject *mm_allocator_register_plugin(mm_state *st, PyObject *name, PyObject *impl)
 {
     if (st->allocators == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "memmanager is shutting down");
@@ -229,7 +229,7 @@ PyObject *allocator_register_plugin(mm_state *st, PyObject *name, PyObject *impl
         return NULL;
     }
     alloc->is_plugin = 1;
-    if (allocator_registry_set(st, name, alloc) < 0) {
+    if (mm_allocator_registry_set(st, name, alloc) < 0) {
         Py_DECREF(alloc);
         return NULL;
     }

@@ -77,12 +77,12 @@ static int validate_address(AllocatorObject *self, PyObject *value, size_t size,
 static int refuse_overlap(AllocatorObject *self, uintptr_t start, size_t size)
 {
     region_info other;
-    if (!region_registry_find_overlap(start, start + size, &other)) {
+    if (!mm_region_registry_find_overlap(start, start + size, &other)) {
         return 0;
     }
     mm_state *st = mm_state_from_type(Py_TYPE(self));
     if (st != NULL) {
-        raise_overlap(st, start, start + size, &other);
+        mm_raise_overlap(st, start, start + size, &other);
     }
     return -1;
 }

@@ -175,10 +175,10 @@ static int shm_parse_options(AllocatorObject *self, PyObject *options,
     if (options == NULL) {
         return 0;
     }
-    if (option_refuse_others(self, options, known) < 0) {
+    if (mm_option_refuse_others(self, options, known) < 0) {
         return -1;
     }
-    option_get(options, "name", &req->shm_name);   /* None: generated */
+    mm_option_get(options, "name", &req->shm_name);   /* None: generated */
     return 0;
 }
 
@@ -253,7 +253,7 @@ static int shm_allocate(AllocatorObject *Py_UNUSED(self), const mm_request *req,
                         size_t size, int Py_UNUSED(zero), mm_raw *out)
 {
     shm_cookie *cookie = NULL;
-    if (shm_tracker_ensure() < 0) {
+    if (mm_shm_tracker_ensure() < 0) {
         return -1;
     }
     int fd = create_object(req, &cookie);
@@ -275,7 +275,7 @@ static int shm_allocate(AllocatorObject *Py_UNUSED(self), const mm_request *req,
         return -1;
     }
     close(fd);
-    shm_tracker_created(&cookie->link);
+    mm_shm_tracker_created(&cookie->link);
     out->base = map;
     out->cookie = cookie;
     return 0;
@@ -288,7 +288,7 @@ static void shm_release(AllocatorObject *Py_UNUSED(self), char *base,
     shm_cookie *cookie = cookie_ptr;
     mm_unmap(base, size);
     if (cookie != NULL) {
-        shm_tracker_forget(&cookie->link);   /* unlinks, for the creator */
+        mm_shm_tracker_forget(&cookie->link);   /* unlinks, for the creator */
         free(cookie);
     }
 }
@@ -354,7 +354,7 @@ static AllocatorObject *shm_allocator(mm_state *st)
     if (name == NULL) {
         return NULL;
     }
-    AllocatorObject *alloc = allocator_lookup(st, name);
+    AllocatorObject *alloc = mm_allocator_lookup(st, name);
     Py_DECREF(name);
     return alloc;
 }
@@ -387,23 +387,23 @@ static PyObject *attach_buffer(mm_state *st, PyTypeObject *cls, buffer_args *a,
     }
     close(fd);
     mm_block block = {map, nbytes, cookie, 0};
-    BufferObject *self = buffer_alloc_object(cls, a);
+    BufferObject *self = mm_buffer_alloc_object(cls, a);
     if (self == NULL) {
         shm_release(alloc, block.address, nbytes, cookie);
         return NULL;
     }
     self->readonly = (unsigned char)readonly;
-    buffer_adopt_block(self, alloc, &block);
-    allocator_track(alloc, &block);
-    if (buffer_register_region(st, self) < 0 ||
-        buffer_finish_construction(st, self, NULL, 0) < 0) {
+    mm_buffer_adopt_block(self, alloc, &block);
+    mm_allocator_track(alloc, &block);
+    if (mm_buffer_register_region(st, self) < 0 ||
+        mm_buffer_finish_construction(st, self, NULL, 0) < 0) {
         Py_DECREF(self);   /* unmaps */
         return NULL;
     }
     return (PyObject *)self;
 }
 
-PyObject *buffer_attach(PyObject *cls, PyObject *const *args,
+PyObject *mm_buffer_attach(PyObject *cls, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"name", "num_items", "item_size",
@@ -412,7 +412,7 @@ PyObject *buffer_attach(PyObject *cls, PyObject *const *args,
     buffer_args a = {0};
     mm_state *st = mm_state_from_type((PyTypeObject *)cls);
     if (st == NULL ||
-        unpack_arguments("attach", args, nargs, kwnames, names, 3, values) < 0) {
+        mm_unpack_arguments("attach", args, nargs, kwnames, names, 3, values) < 0) {
         return NULL;
     }
     if (values[0] == NULL) {
@@ -424,9 +424,9 @@ PyObject *buffer_attach(PyObject *cls, PyObject *const *args,
     if (one == NULL) {
         return NULL;
     }
-    int readonly = parse_flag(values[3], 0);
+    int readonly = mm_parse_flag(values[3], 0);
     int rc = readonly < 0 ? -1 :
-        parse_sizes(sizes_from_object ? one : values[1],
+        mm_parse_sizes(sizes_from_object ? one : values[1],
                     values[2] == NULL ? one : values[2], &a);
     Py_DECREF(one);
     if (rc < 0) {
@@ -440,10 +440,10 @@ PyObject *buffer_attach(PyObject *cls, PyObject *const *args,
                          readonly);
 }
 
-PyObject *buffer_get_name(PyObject *op, void *Py_UNUSED(closure))
+PyObject *mm_buffer_get_name(PyObject *op, void *Py_UNUSED(closure))
 {
     BufferObject *self = (BufferObject *)op;
-    if (buffer_check_live(self) < 0) {
+    if (mm_buffer_check_live(self) < 0) {
         return NULL;
     }
     if (self->allocator->ops != &mm_shm_ops || self->block_cookie == NULL) {

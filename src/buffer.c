@@ -52,12 +52,12 @@
 /* Small helpers shared by the Buffer files                            */
 /* ------------------------------------------------------------------ */
 
-mm_state *buffer_state(BufferObject *self)
+mm_state *mm_buffer_state(BufferObject *self)
 {
     return mm_state_from_type(Py_TYPE(self));
 }
 
-int buffer_check_live(BufferObject *self)
+int mm_buffer_check_live(BufferObject *self)
 {
     if (self->released) {
         PyErr_SetString(PyExc_ValueError, "buffer is released");
@@ -68,9 +68,9 @@ int buffer_check_live(BufferObject *self)
 
 /* Live, and memory the host may read and write (CudaDevice memory is on
  * the GPU: reaching it from the host would crash). */
-int buffer_check_host_access(BufferObject *self)
+int mm_buffer_check_host_access(BufferObject *self)
 {
-    if (buffer_check_live(self) < 0) {
+    if (mm_buffer_check_live(self) < 0) {
         return -1;
     }
     if (self->host_inaccessible) {
@@ -82,9 +82,9 @@ int buffer_check_host_access(BufferObject *self)
     return 0;
 }
 
-int buffer_check_writable(BufferObject *self)
+int mm_buffer_check_writable(BufferObject *self)
 {
-    if (buffer_check_host_access(self) < 0) {
+    if (mm_buffer_check_host_access(self) < 0) {
         return -1;
     }
     if (self->readonly) {
@@ -110,7 +110,7 @@ static uint64_t next_identifier(void)
 #endif
 }
 
-PyObject *buffer_identifier(BufferObject *self)
+PyObject *mm_buffer_identifier(BufferObject *self)
 {
     return PyLong_FromUnsignedLongLong((unsigned long long)self->identifier);
 }
@@ -118,8 +118,8 @@ PyObject *buffer_identifier(BufferObject *self)
 static void buffer_finalize(PyObject *op);
 static void adopt_subclass_finalizer(PyTypeObject *type);
 
-/* A new, empty buffer object of the sizes in a (checked by parse_sizes). */
-BufferObject *buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
+/* A new, empty buffer object of the sizes in a (checked by mm_parse_sizes). */
+BufferObject *mm_buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
 {
     if (MM_UNLIKELY(type->tp_finalize != buffer_finalize)) {
         adopt_subclass_finalizer(type);   /* a subclass with __del__ */
@@ -135,27 +135,27 @@ BufferObject *buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
     return self;
 }
 
-int buffer_register_region(mm_state *st, BufferObject *self)
+int mm_buffer_register_region(mm_state *st, BufferObject *self)
 {
     region_info other;
     if (MM_UNLIKELY(!self->owns_memory)) {
-        return consume_register_region(st, self);   /* non-owning: consume.c */
+        return mm_consume_register_region(st, self);   /* non-owning: consume.c */
     }
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
-    if (region_registry_insert(&self->node, start, end, self->identifier,
+    if (mm_region_registry_insert(&self->node, start, end, self->identifier,
                                self->allocator->stats_slot, &other) != 0) {
-        raise_overlap(st, start, end, &other);
+        mm_raise_overlap(st, start, end, &other);
         return -1;
     }
     if (MM_UNLIKELY(self->allocator->debug)) {
-        debug_check_registry("an insert");
+        mm_debug_check_registry("an insert");
     }
     return 0;
 }
 
 /* The buffer owns block from here on and frees it through alloc. */
-void buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
+void mm_buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
                         const mm_block *block)
 {
     self->data = block->address;
@@ -169,10 +169,10 @@ void buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
     }
 }
 
-int buffer_finish_construction(mm_state *st, BufferObject *self,
+int mm_buffer_finish_construction(mm_state *st, BufferObject *self,
                                PyObject *death_stub, int delayed_gc)
 {
-    if (delayed_gc && delayed_gc_pin(st, self) < 0) {
+    if (delayed_gc && mm_delayed_gc_pin(st, self) < 0) {
         return -1;
     }
     if (death_stub != NULL) {
@@ -188,7 +188,7 @@ int buffer_finish_construction(mm_state *st, BufferObject *self,
 
 /* Leaves the registry, then frees (or gives back) the memory.  Never
  * raises; idempotent. */
-int buffer_release_memory(BufferObject *self)
+int mm_buffer_release_memory(BufferObject *self)
 {
     if (self->released) {
         return 0;
@@ -198,17 +198,17 @@ int buffer_release_memory(BufferObject *self)
     self->release_deferred = 0;
     self->data = NULL;
     if (self->device != NULL) {
-        device_state_free(self);   /* the device copies go first */
+        mm_device_state_free(self);   /* the device copies go first */
     }
-    region_registry_remove(&self->node);
+    mm_region_registry_remove(&self->node);
     if (MM_UNLIKELY(self->allocator != NULL && self->allocator->debug)) {
-        debug_check_registry("a remove");
+        mm_debug_check_registry("a remove");
     }
     if (self->owns_memory && data != NULL) {
         mm_block block = {data, (size_t)self->nbytes, self->block_cookie,
                           self->block_guard};
         self->block_cookie = NULL;
-        allocator_free_block(self->allocator, &block);
+        mm_allocator_free_block(self->allocator, &block);
     }
     if (self->holds_source_view) {
         self->holds_source_view = 0;
@@ -230,7 +230,7 @@ static PyObject *death_stub_info(BufferObject *self)
 
 /* Calls the stub once, with the memory still there; errors go to
  * sys.unraisablehook.  The caller's exception state is preserved. */
-void buffer_run_death_stub(BufferObject *self)
+void mm_buffer_run_death_stub(BufferObject *self)
 {
     if (self->stub_done || self->death_stub == NULL || self->released) {
         self->stub_done = 1;
@@ -255,7 +255,7 @@ void buffer_run_death_stub(BufferObject *self)
 
 static void buffer_finalize(PyObject *op)
 {
-    buffer_run_death_stub((BufferObject *)op);
+    mm_buffer_run_death_stub((BufferObject *)op);
 }
 
 /* A subclass's __del__ replaces the finalizer (tp_finalize) it inherits,
@@ -298,7 +298,7 @@ static PyObject *find_subclass_del(PyTypeObject *type)
 
 static void buffer_subclass_finalize(PyObject *op)
 {
-    buffer_run_death_stub((BufferObject *)op);
+    mm_buffer_run_death_stub((BufferObject *)op);
     PyObject *exc_type, *exc_value, *exc_tb;
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
     PyObject *del = find_subclass_del(Py_TYPE(op));
@@ -337,7 +337,7 @@ static int run_stub_from_dealloc(BufferObject *self)
 {
     PyObject *op = (PyObject *)self;
     Py_SET_REFCNT(op, 1);
-    buffer_run_death_stub(self);
+    mm_buffer_run_death_stub(self);
     if (Py_REFCNT(op) == 1) {
         Py_SET_REFCNT(op, 0);
         return 0;
@@ -358,16 +358,16 @@ static int buffer_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->allocator);
     Py_VISIT(self->source);
     if (self->block_cookie != NULL) {
-        int rc = allocator_visit_block(self->allocator, self->block_cookie, visit, arg);
+        int rc = mm_allocator_visit_block(self->allocator, self->block_cookie, visit, arg);
         if (rc != 0) {
             return rc;
         }
     }
-    int rc = consume_visit_source(self, visit, arg);   /* see consume.c */
+    int rc = mm_consume_visit_source(self, visit, arg);   /* see consume.c */
     if (rc != 0) {
         return rc;
     }
-    return buffer_views_traverse(self, visit, arg);
+    return mm_buffer_views_traverse(self, visit, arg);
 }
 
 /* Breaks cycles through the stub and the stored views only: the memory,
@@ -376,7 +376,7 @@ static int buffer_traverse(PyObject *op, visitproc visit, void *arg)
 static int buffer_clear(PyObject *op)
 {
     Py_CLEAR(((BufferObject *)op)->death_stub);
-    buffer_views_clear((BufferObject *)op);
+    mm_buffer_views_clear((BufferObject *)op);
     return 0;
 }
 
@@ -399,8 +399,8 @@ static void buffer_dealloc(PyObject *op)
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs(op);
     }
-    buffer_views_clear(self);
-    buffer_release_memory(self);
+    mm_buffer_views_clear(self);
+    mm_buffer_release_memory(self);
     Py_CLEAR(self->death_stub);
     Py_CLEAR(self->allocator);
     tp->tp_free(op);
@@ -411,7 +411,7 @@ static void buffer_dealloc(PyObject *op)
 /* Construction                                                        */
 /* ------------------------------------------------------------------ */
 
-PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
+PyObject *mm_buffer_create(PyTypeObject *type, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames)
 {
     buffer_args a = {0};
@@ -430,21 +430,21 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
                      "options mapping (%zd positional arguments given)", nargs);
         return NULL;
     }
-    if (parse_sizes(args[0], args[1], &a) < 0 ||
-        parse_options(st, nargs == 3 ? args[2] : NULL, args + nargs, kwnames, 0, &a) < 0) {
+    if (mm_parse_sizes(args[0], args[1], &a) < 0 ||
+        mm_parse_options(st, nargs == 3 ? args[2] : NULL, args + nargs, kwnames, 0, &a) < 0) {
         goto error;
     }
     /* A strong reference: the checks below can run Python code (__bool__,
      * a plug-in's options), which could register another allocator under
      * this name and drop the registry's reference to this one. */
-    alloc = (AllocatorObject *)Py_XNewRef(allocator_lookup(st, a.allocator));
-    if (alloc == NULL || parse_init_value(a.init_value, &init_byte) < 0 ||
-        allocator_parse_options(alloc, a.extra, a.num_items, a.item_size,
+    alloc = (AllocatorObject *)Py_XNewRef(mm_allocator_lookup(st, a.allocator));
+    if (alloc == NULL || mm_parse_init_value(a.init_value, &init_byte) < 0 ||
+        mm_allocator_parse_options(alloc, a.extra, a.num_items, a.item_size,
                                 init_byte, &req) < 0 ||
-        (delayed_gc = parse_flag(a.delayed_gc, 0)) < 0) {
+        (delayed_gc = mm_parse_flag(a.delayed_gc, 0)) < 0) {
         goto error;
     }
-    self = buffer_alloc_object(type, &a);
+    self = mm_buffer_alloc_object(type, &a);
     if (self == NULL) {
         goto error;
     }
@@ -453,33 +453,33 @@ PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
      * allocator, in case that code replaces it in the registry. */
     self->allocator = (AllocatorObject *)Py_NewRef(alloc);
     self->released = 1;
-    if (allocator_alloc_block(alloc, &req, (size_t)self->nbytes, init_byte, &block) < 0) {
+    if (mm_allocator_alloc_block(alloc, &req, (size_t)self->nbytes, init_byte, &block) < 0) {
         goto error;
     }
-    buffer_adopt_block(self, alloc, &block);
-    if (buffer_register_region(st, self) < 0 ||
-        buffer_finish_construction(st, self, a.death_stub, delayed_gc) < 0) {
+    mm_buffer_adopt_block(self, alloc, &block);
+    if (mm_buffer_register_region(st, self) < 0 ||
+        mm_buffer_finish_construction(st, self, a.death_stub, delayed_gc) < 0) {
         goto error;
     }
     Py_DECREF(alloc);
-    buffer_args_clear(&a);
+    mm_buffer_args_clear(&a);
     return (PyObject *)self;
 error:
     Py_XDECREF(self);
     Py_XDECREF(alloc);
-    buffer_args_clear(&a);
+    mm_buffer_args_clear(&a);
     return NULL;
 }
 
 static PyObject *buffer_vectorcall(PyObject *type, PyObject *const *args,
                                    size_t nargsf, PyObject *kwnames)
 {
-    return buffer_create((PyTypeObject *)type, args,
+    return mm_buffer_create((PyTypeObject *)type, args,
                          PyVectorcall_NARGS(nargsf), kwnames);
 }
 
 /* tp_new, used by subclasses (tp_vectorcall is not inherited).  The
- * keyword values are held here: buffer_create borrows its arguments, and
+ * keyword values are held here: mm_buffer_create borrows its arguments, and
  * the kwargs dict could be emptied by code that runs meanwhile. */
 static PyObject *buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -505,7 +505,7 @@ static PyObject *buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
             stack[nargs + held++] = Py_NewRef(value);
         }
     }
-    result = buffer_create(type, stack, nargs, kwnames);
+    result = mm_buffer_create(type, stack, nargs, kwnames);
 done:
     for (Py_ssize_t k = 0; k < held; k++) {
         Py_DECREF(stack[nargs + k]);
@@ -517,10 +517,10 @@ done:
 
 /* What PyType_FromModuleAndSpec cannot express: vectorcall construction
  * and the cached class methods. */
-int buffer_finish_type(mm_state *st, PyTypeObject *type)
+int mm_buffer_finish_type(mm_state *st, PyTypeObject *type)
 {
     type->tp_vectorcall = buffer_vectorcall;
-    return install_cached_classmethods(st, type, buffer_class_methods);
+    return mm_install_cached_classmethods(st, type, mm_buffer_class_methods);
 }
 
 /* ------------------------------------------------------------------ */
@@ -538,33 +538,33 @@ static int refuse_if_exported(BufferObject *self)
     return 0;
 }
 
-PyObject *buffer_release_method(PyObject *op, PyObject *Py_UNUSED(unused))
+PyObject *mm_buffer_release_method(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     BufferObject *self = (BufferObject *)op;
     if (self->released) {
         Py_RETURN_NONE;
     }
-    buffer_views_clear(self);   /* forget the stored views first */
+    mm_buffer_views_clear(self);   /* forget the stored views first */
     if (self->released) {       /* a view's destructor released it */
         Py_RETURN_NONE;
     }
     if (refuse_if_exported(self) < 0) {
         return NULL;
     }
-    buffer_run_death_stub(self);
+    mm_buffer_run_death_stub(self);
     if (refuse_if_exported(self) < 0) {   /* the stub kept a view */
         return NULL;
     }
-    if (self->pinned && delayed_gc_unpin(buffer_state(self), self) < 0) {
+    if (self->pinned && mm_delayed_gc_unpin(mm_buffer_state(self), self) < 0) {
         return NULL;
     }
-    buffer_release_memory(self);
+    mm_buffer_release_memory(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *buffer_enter(PyObject *op, PyObject *Py_UNUSED(unused))
 {
-    if (buffer_check_live((BufferObject *)op) < 0) {
+    if (mm_buffer_check_live((BufferObject *)op) < 0) {
         return NULL;
     }
     return Py_NewRef(op);
@@ -581,7 +581,7 @@ static void finish_deferred_release(BufferObject *self)
     PyObject *exc_type, *exc_value, *exc_tb;
     Py_INCREF(self);
     PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
-    PyObject *result = buffer_release_method((PyObject *)self, NULL);
+    PyObject *result = mm_buffer_release_method((PyObject *)self, NULL);
     if (result == NULL) {
         if (self->exports > 0 && !self->released &&
             PyErr_ExceptionMatches(PyExc_BufferError)) {
@@ -597,7 +597,7 @@ static void finish_deferred_release(BufferObject *self)
     Py_DECREF(self);
 }
 
-void buffer_export_ended(BufferObject *self)
+void mm_buffer_export_ended(BufferObject *self)
 {
     self->exports--;
     assert(self->exports >= 0);
@@ -639,7 +639,7 @@ static PyObject *buffer_exit(PyObject *op, PyObject *const *args, Py_ssize_t nar
         }
     }
     Py_XINCREF(leaving);
-    PyObject *result = buffer_release_method(op, NULL);
+    PyObject *result = mm_buffer_release_method(op, NULL);
     if (result != NULL) {
         Py_DECREF(result);
         Py_XDECREF(leaving);
@@ -672,7 +672,7 @@ static PyObject *buffer_exit(PyObject *op, PyObject *const *args, Py_ssize_t nar
 /* ------------------------------------------------------------------ */
 
 #define LIVE_OR_NULL(op) \
-    if (buffer_check_live((BufferObject *)(op)) < 0) { return NULL; }
+    if (mm_buffer_check_live((BufferObject *)(op)) < 0) { return NULL; }
 
 static PyObject *get_address(PyObject *op, void *Py_UNUSED(closure))
 {
@@ -700,7 +700,7 @@ static PyObject *get_num_items(PyObject *op, void *Py_UNUSED(closure))
 
 static PyObject *get_identifier(PyObject *op, void *Py_UNUSED(closure))
 {
-    return buffer_identifier((BufferObject *)op);
+    return mm_buffer_identifier((BufferObject *)op);
 }
 
 static PyObject *get_allocator(PyObject *op, void *Py_UNUSED(closure))
@@ -756,7 +756,7 @@ static PyObject *method_get_num_of_elements(PyObject *op, PyObject *Py_UNUSED(a)
 static PyObject *method_get_delayed_gc_objects(PyObject *cls, PyObject *Py_UNUSED(a))
 {
     mm_state *st = mm_state_from_type((PyTypeObject *)cls);
-    return st ? delayed_gc_identifiers(st) : NULL;
+    return st ? mm_delayed_gc_identifiers(st) : NULL;
 }
 
 static const char *state_name(BufferObject *self, char *scratch, size_t size)
@@ -800,7 +800,7 @@ static PyGetSetDef buffer_getset[] = {
     {"delayed_gc", get_delayed_gc, NULL, "True while the buffer is pinned.", NULL},
     {"released", get_released, NULL, "True once the memory has been freed.", NULL},
     {"exports", get_exports, NULL, "Number of live buffer-protocol exports.", NULL},
-    {"name", buffer_get_name, NULL,
+    {"name", mm_buffer_get_name, NULL,
      "The shared memory name (SharedMemory buffers); None for the others.", NULL},
     {NULL},
 };
@@ -814,49 +814,49 @@ static PyMethodDef buffer_methods[] = {
      "get_element_size($self, /)\n--\n\nItem size in bytes (the Perl name of .itemsize)."},
     {"get_num_of_elements", method_get_num_of_elements, METH_NOARGS,
      "get_num_of_elements($self, /)\n--\n\nNumber of items (the Perl name of .num_items)."},
-    {"extract_buffer_region", (PyCFunction)(void (*)(void))buffer_extract_region,
+    {"extract_buffer_region", (PyCFunction)(void (*)(void))mm_buffer_extract_region,
      METH_FASTCALL | METH_KEYWORDS,
      "extract_buffer_region($self, start=None, end=None)\n--\n\n"
      "A bytes copy of [start, end], end inclusive (the Perl method).\n"
      "Returns None when end >= nbytes, start > end or either is negative."},
-    {"region", (PyCFunction)(void (*)(void))buffer_region,
+    {"region", (PyCFunction)(void (*)(void))mm_buffer_region,
      METH_FASTCALL | METH_KEYWORDS,
      "region($self, start=0, stop=None, *, readonly=False)\n--\n\n"
      "A zero-copy memoryview of [start, stop).  It holds an export."},
-    {"__dlpack__", (PyCFunction)(void (*)(void))buffer_dlpack,
+    {"__dlpack__", (PyCFunction)(void (*)(void))mm_buffer_dlpack,
      METH_FASTCALL | METH_KEYWORDS,
      "__dlpack__($self, /, *, stream=None, max_version=None, dl_device=None, "
      "copy=None)\n--\n\n"
      "The bytes as a DLPack capsule (1-D uint8 on the CPU); it holds an export."},
-    {"__dlpack_device__", buffer_dlpack_device, METH_NOARGS,
+    {"__dlpack_device__", mm_buffer_dlpack_device, METH_NOARGS,
      "__dlpack_device__($self, /)\n--\n\n(kDLCPU, 0), that is (1, 0)."},
-    {"_store_view", (PyCFunction)(void (*)(void))buffer_store_view, METH_FASTCALL,
+    {"_store_view", (PyCFunction)(void (*)(void))mm_buffer_store_view, METH_FASTCALL,
      "_store_view($self, name, kind, view, /)\n--\n\nStore a view (create_view)."},
-    {"_stored_view", buffer_stored_view, METH_O,
+    {"_stored_view", mm_buffer_stored_view, METH_O,
      "_stored_view($self, name, /)\n--\n\n(kind, view) stored under name."},
-    {"_forget_view", buffer_forget_view, METH_O,
+    {"_forget_view", mm_buffer_forget_view, METH_O,
      "_forget_view($self, name, /)\n--\n\nDrop the view stored under name."},
-    {"_view_names", buffer_view_names, METH_NOARGS,
+    {"_view_names", mm_buffer_view_names, METH_NOARGS,
      "_view_names($self, /)\n--\n\nNames of the stored views."},
-    {"_view_export", buffer_view_export, METH_NOARGS,
+    {"_view_export", mm_buffer_view_export, METH_NOARGS,
      "_view_export($self, /)\n--\n\nAn export no Python code can end early (NumPy views)."},
-    {"device_movement", (PyCFunction)(void (*)(void))buffer_device_movement,
+    {"device_movement", (PyCFunction)(void (*)(void))mm_buffer_device_movement,
      METH_FASTCALL | METH_KEYWORDS,
      "device_movement($self, action, direction, *, device='NVIDIA_GPU', "
      "device_id=0, start=0, end=None)\n--\n\n"
      "Map [start, end) of the buffer to a GPU, with the OpenMP target-data\n"
      "meaning of (action, direction): enter to/tofrom/alloc, exit\n"
      "from/tofrom/release/delete, update to/from.  See docs/gpu.md."},
-    {"device_view", (PyCFunction)(void (*)(void))buffer_device_view,
+    {"device_view", (PyCFunction)(void (*)(void))mm_buffer_device_view,
      METH_FASTCALL | METH_KEYWORDS,
      "device_view($self, device_id=0)\n--\n\n"
      "The device copy on device_id, with __cuda_array_interface__ and DLPack.\n"
      "It counts as an export while it lives."},
-    {"device_mappings", buffer_device_mappings, METH_NOARGS,
+    {"device_mappings", mm_buffer_device_mappings, METH_NOARGS,
      "device_mappings($self, /)\n--\n\n"
      "{device_id: {'device_address', 'nbytes', 'refcount', 'views'}} of the\n"
      "buffer's device copies."},
-    {"release", buffer_release_method, METH_NOARGS,
+    {"release", mm_buffer_release_method, METH_NOARGS,
      "release($self, /)\n--\n\nRun the death stub and free the memory now. Idempotent."},
     {"__enter__", buffer_enter, METH_NOARGS, "__enter__($self, /)\n--\n\n"},
     {"__exit__", (PyCFunction)(void (*)(void))buffer_exit, METH_FASTCALL,
@@ -866,16 +866,16 @@ static PyMethodDef buffer_methods[] = {
 
 /* Class methods, installed as cached_classmethod descriptors (no bound
  * method object per lookup on Buffer itself). */
-PyMethodDef buffer_class_methods[] = {
+PyMethodDef mm_buffer_class_methods[] = {
     {"get_delayed_gc_objects", method_get_delayed_gc_objects, METH_NOARGS,
      "get_delayed_gc_objects($cls, /)\n--\n\nIdentifiers of the pinned buffers."},
-    {"consume", (PyCFunction)(void (*)(void))buffer_consume,
+    {"consume", (PyCFunction)(void (*)(void))mm_buffer_consume,
      METH_FASTCALL | METH_KEYWORDS,
      "consume($cls, source, num_items, item_size, options=None, /, *, "
      "allocator=None, delayed_gc=True, death_stub=None, copy=False, "
      "**allocator_options)\n--\n\n"
      "Adopt memory that exists already (see the ownership guide)."},
-    {"attach", (PyCFunction)(void (*)(void))buffer_attach,
+    {"attach", (PyCFunction)(void (*)(void))mm_buffer_attach,
      METH_FASTCALL | METH_KEYWORDS,
      "attach($cls, name, num_items=None, item_size=1, *, readonly=False)\n--\n\n"
      "Map the shared memory called name (made by a SharedMemory buffer,\n"
@@ -906,17 +906,17 @@ static PyType_Slot buffer_slots[] = {
     {Py_tp_getset, buffer_getset},
     {Py_tp_methods, buffer_methods},
     {Py_tp_members, buffer_members},
-    {Py_bf_getbuffer, buffer_getbuffer},
-    {Py_bf_releasebuffer, buffer_releasebuffer},
-    {Py_mp_length, buffer_length},
-    {Py_mp_subscript, buffer_subscript},
-    {Py_mp_ass_subscript, buffer_ass_subscript},
-    {Py_sq_length, buffer_length},
-    {Py_sq_item, buffer_item},
+    {Py_bf_getbuffer, mm_buffer_getbuffer},
+    {Py_bf_releasebuffer, mm_buffer_releasebuffer},
+    {Py_mp_length, mm_buffer_length},
+    {Py_mp_subscript, mm_buffer_subscript},
+    {Py_mp_ass_subscript, mm_buffer_ass_subscript},
+    {Py_sq_length, mm_buffer_length},
+    {Py_sq_item, mm_buffer_item},
     {0, NULL},
 };
 
-PyType_Spec buffer_type_spec = {
+PyType_Spec mm_buffer_type_spec = {
     .name = "memmanager.Buffer",
     .basicsize = sizeof(BufferObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,

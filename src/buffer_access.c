@@ -25,7 +25,7 @@
 /* Buffer protocol                                                     */
 /* ------------------------------------------------------------------ */
 
-int buffer_getbuffer(PyObject *op, Py_buffer *view, int flags)
+int mm_buffer_getbuffer(PyObject *op, Py_buffer *view, int flags)
 {
     BufferObject *self = (BufferObject *)op;
     Py_ssize_t offset = 0, length = self->nbytes;
@@ -37,7 +37,7 @@ int buffer_getbuffer(PyObject *op, Py_buffer *view, int flags)
         length = self->pending_length;
         readonly |= self->pending_readonly;
     }
-    if (buffer_check_host_access(self) < 0) {
+    if (mm_buffer_check_host_access(self) < 0) {
         view->obj = NULL;
         return -1;
     }
@@ -55,9 +55,9 @@ int buffer_getbuffer(PyObject *op, Py_buffer *view, int flags)
     return 0;
 }
 
-void buffer_releasebuffer(PyObject *op, Py_buffer *Py_UNUSED(view))
+void mm_buffer_releasebuffer(PyObject *op, Py_buffer *Py_UNUSED(view))
 {
-    buffer_export_ended((BufferObject *)op);
+    mm_buffer_export_ended((BufferObject *)op);
 }
 
 /* ------------------------------------------------------------------ */
@@ -80,7 +80,7 @@ static int parse_bound(PyObject *obj, Py_ssize_t default_value, const char *what
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-PyObject *buffer_region(PyObject *op, PyObject *const *args,
+PyObject *mm_buffer_region(PyObject *op, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"start", "stop", "readonly", NULL};
@@ -96,11 +96,11 @@ PyObject *buffer_region(PyObject *op, PyObject *const *args,
     }
     /* Conversions may run Python code (__index__, __bool__), which may
      * release this buffer: check that it is live only after them. */
-    if (unpack_arguments("region", args, nargs, kwnames, names, 2, values) < 0 ||
+    if (mm_unpack_arguments("region", args, nargs, kwnames, names, 2, values) < 0 ||
         parse_bound(values[0], 0, "start", &start) < 0 ||
         parse_bound(values[1], PY_SSIZE_T_MAX, "stop", &stop) < 0 ||
-        (readonly = parse_flag(values[2], 0)) < 0 ||
-        buffer_check_live(self) < 0) {
+        (readonly = mm_parse_flag(values[2], 0)) < 0 ||
+        mm_buffer_check_live(self) < 0) {
         return NULL;
     }
     if (values[1] == NULL || values[1] == Py_None) {
@@ -150,11 +150,11 @@ static PyObject *copy_to_bytes(BufferObject *self, Py_ssize_t offset,
     Py_BEGIN_ALLOW_THREADS
     memcpy(target, source, (size_t)length);
     Py_END_ALLOW_THREADS
-    buffer_export_ended(self);   /* may finish a release __exit__ deferred */
+    mm_buffer_export_ended(self);   /* may finish a release __exit__ deferred */
     return result;
 }
 
-PyObject *buffer_extract_region(PyObject *op, PyObject *const *args,
+PyObject *mm_buffer_extract_region(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"start", "end", NULL};
@@ -162,11 +162,11 @@ PyObject *buffer_extract_region(PyObject *op, PyObject *const *args,
     PyObject *values[2];
     Py_ssize_t start, end;
     /* Convert first (may run Python code), then look at the buffer. */
-    if (unpack_arguments("extract_buffer_region", args, nargs, kwnames, names,
+    if (mm_unpack_arguments("extract_buffer_region", args, nargs, kwnames, names,
                          2, values) < 0 ||
         parse_bound(values[0], 0, "start", &start) < 0 ||
         parse_bound(values[1], 0, "end", &end) < 0 ||
-        buffer_check_host_access(self) < 0) {
+        mm_buffer_check_host_access(self) < 0) {
         return NULL;
     }
     if (values[1] == NULL || values[1] == Py_None) {
@@ -182,16 +182,16 @@ PyObject *buffer_extract_region(PyObject *op, PyObject *const *args,
 /* Items and slices                                                    */
 /* ------------------------------------------------------------------ */
 
-Py_ssize_t buffer_length(PyObject *op)
+Py_ssize_t mm_buffer_length(PyObject *op)
 {
     BufferObject *self = (BufferObject *)op;
-    return buffer_check_live(self) < 0 ? -1 : self->nbytes;
+    return mm_buffer_check_live(self) < 0 ? -1 : self->nbytes;
 }
 
-PyObject *buffer_item(PyObject *op, Py_ssize_t index)
+PyObject *mm_buffer_item(PyObject *op, Py_ssize_t index)
 {
     BufferObject *self = (BufferObject *)op;
-    if (buffer_check_host_access(self) < 0) {
+    if (mm_buffer_check_host_access(self) < 0) {
         return NULL;
     }
     if (index < 0 || index >= self->nbytes) {
@@ -206,7 +206,7 @@ PyObject *buffer_item(PyObject *op, Py_ssize_t index)
 static int normalise_index(BufferObject *self, PyObject *key, Py_ssize_t *index)
 {
     Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
-    if ((i == -1 && PyErr_Occurred()) || buffer_check_host_access(self) < 0) {
+    if ((i == -1 && PyErr_Occurred()) || mm_buffer_check_host_access(self) < 0) {
         return -1;
     }
     if (i < 0) {
@@ -224,7 +224,7 @@ static PyObject *slice_to_bytes(BufferObject *self, PyObject *slice)
 {
     Py_ssize_t start, stop, step;
     if (PySlice_Unpack(slice, &start, &stop, &step) < 0 ||
-        buffer_check_host_access(self) < 0) {
+        mm_buffer_check_host_access(self) < 0) {
         return NULL;
     }
     Py_ssize_t length = PySlice_AdjustIndices(self->nbytes, &start, &stop, step);
@@ -242,11 +242,11 @@ static PyObject *slice_to_bytes(BufferObject *self, PyObject *slice)
     return result;
 }
 
-PyObject *buffer_subscript(PyObject *op, PyObject *key)
+PyObject *mm_buffer_subscript(PyObject *op, PyObject *key)
 {
     BufferObject *self = (BufferObject *)op;
     Py_ssize_t index;
-    if (buffer_check_live(self) < 0) {   /* checked again after conversions */
+    if (mm_buffer_check_live(self) < 0) {   /* checked again after conversions */
         return NULL;
     }
     if (PyIndex_Check(key)) {
@@ -281,7 +281,7 @@ static int store_byte(BufferObject *self, PyObject *key, PyObject *value)
         return -1;
     }
     /* Last conversion: after it nothing runs Python code before the store. */
-    if (normalise_index(self, key, &index) < 0 || buffer_check_writable(self) < 0) {
+    if (normalise_index(self, key, &index) < 0 || mm_buffer_check_writable(self) < 0) {
         return -1;
     }
     self->data[index] = (char)byte;
@@ -297,7 +297,7 @@ static int store_slice(BufferObject *self, PyObject *slice, PyObject *value)
         return -1;
     }
     int rc = -1;
-    if (buffer_check_writable(self) < 0) {
+    if (mm_buffer_check_writable(self) < 0) {
         goto done;
     }
     Py_ssize_t length = PySlice_AdjustIndices(self->nbytes, &start, &stop, step);
@@ -329,10 +329,10 @@ done:
     return rc;
 }
 
-int buffer_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
+int mm_buffer_ass_subscript(PyObject *op, PyObject *key, PyObject *value)
 {
     BufferObject *self = (BufferObject *)op;
-    if (buffer_check_live(self) < 0) {
+    if (mm_buffer_check_live(self) < 0) {
         return -1;
     }
     if (value == NULL) {

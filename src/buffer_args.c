@@ -29,7 +29,7 @@ static Py_ssize_t name_index(const char *const *names, PyObject *key)
     return -1;
 }
 
-int unpack_arguments(const char *funcname, PyObject *const *args,
+int mm_unpack_arguments(const char *funcname, PyObject *const *args,
                      Py_ssize_t nargs, PyObject *kwnames,
                      const char *const *names, Py_ssize_t max_positional,
                      PyObject **out)
@@ -86,7 +86,7 @@ static inline int positive_int(PyObject *obj, Py_ssize_t *out)
     return 0;
 }
 
-int parse_size(PyObject *obj, const char *what, Py_ssize_t *out)
+int mm_parse_size(PyObject *obj, const char *what, Py_ssize_t *out)
 {
     if (positive_int(obj, out)) {
         return 0;
@@ -118,12 +118,12 @@ int parse_size(PyObject *obj, const char *what, Py_ssize_t *out)
     return 0;
 }
 
-int parse_sizes(PyObject *n_obj, PyObject *s_obj, buffer_args *a)
+int mm_parse_sizes(PyObject *n_obj, PyObject *s_obj, buffer_args *a)
 {
     if ((!positive_int(n_obj, &a->num_items) &&
-         parse_size(n_obj, "num_items", &a->num_items) < 0) ||
+         mm_parse_size(n_obj, "num_items", &a->num_items) < 0) ||
         (!positive_int(s_obj, &a->item_size) &&
-         parse_size(s_obj, "item_size", &a->item_size) < 0)) {
+         mm_parse_size(s_obj, "item_size", &a->item_size) < 0)) {
         return -1;
     }
     Py_ssize_t nbytes;
@@ -202,7 +202,7 @@ static int parse_init_str(PyObject *value, int *init_byte)
     return -1;
 }
 
-int parse_init_value(PyObject *value, int *init_byte)
+int mm_parse_init_value(PyObject *value, int *init_byte)
 {
     *init_byte = INIT_UNINITIALISED;
     if (value == NULL || value == Py_None) {
@@ -246,7 +246,7 @@ int parse_init_value(PyObject *value, int *init_byte)
 /* The options mapping and keywords                                    */
 /* ------------------------------------------------------------------ */
 
-int parse_flag(PyObject *value, int default_value)
+int mm_parse_flag(PyObject *value, int default_value)
 {
     if (value == NULL) {
         return default_value;
@@ -369,7 +369,7 @@ static int kwnames_options(mm_state *st, PyObject *kwnames, int consume_keys,
     return 0;
 }
 
-void buffer_args_forget_kwnames(mm_state *st)
+void mm_buffer_args_forget_kwnames(mm_state *st)
 {
     Py_CLEAR(st->kwnames_cache[0].names);
     Py_CLEAR(st->kwnames_cache[1].names);
@@ -457,7 +457,7 @@ static int assign_mapping(mm_state *st, buffer_args *a, PyObject *options,
     return 0;
 }
 
-int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
+int mm_parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
                   PyObject *kwnames, int accept_consume_keys, buffer_args *a)
 {
     if (options != NULL && options != Py_None &&
@@ -480,7 +480,7 @@ int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
     return 0;
 }
 
-void buffer_args_clear(buffer_args *a)
+void mm_buffer_args_clear(buffer_args *a)
 {
     Py_CLEAR(a->allocator);
     Py_CLEAR(a->init_value);

@@ -114,7 +114,7 @@ static PyType_Slot ccm_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec cached_classmethod_spec = {
+PyType_Spec mm_cached_classmethod_spec = {
     .name = "memmanager._core.cached_classmethod",
     .basicsize = sizeof(CachedClassMethod),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
@@ -139,7 +139,7 @@ static int install_one(mm_state *st, PyTypeObject *owner, PyMethodDef *def)
     return rc;
 }
 
-int install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *defs)
+int mm_install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *defs)
 {
     for (PyMethodDef *def = defs; def->ml_name != NULL; def++) {
         if (install_one(st, owner, def) < 0) {

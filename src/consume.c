@@ -33,7 +33,7 @@
  * CPython's memoryview drops its memory in tp_clear even while exported
  * (and then crashes when the export is given back).  So the export the
  * buffer holds is never handed to the collector unless it is a Buffer's
- * (whose tp_clear keeps the memory): see consume_visit_source().
+ * (whose tp_clear keeps the memory): see mm_consume_visit_source().
  */
 #include "memmanager.h"
 
@@ -192,7 +192,7 @@ static int check_address_options(AllocatorObject *alloc, buffer_args *a, int cop
                      alloc->name);
         return -1;
     }
-    return allocator_check_options(alloc, a->extra);
+    return mm_allocator_check_options(alloc, a->extra);
 }
 
 /* Borrowed with owner= a Buffer: the new buffer holds an export of it, so
@@ -213,9 +213,9 @@ static int export_owner_buffer(mm_state *st, BufferObject *self, PyObject *owner
                           1, PyBUF_SIMPLE) < 0) {
         return -1;
     }
-    ob->exports++;     /* given back by PyBuffer_Release (buffer_releasebuffer) */
+    ob->exports++;     /* given back by PyBuffer_Release (mm_buffer_releasebuffer) */
     self->holds_source_view = 1;
-    self->source_view_visible = 1;    /* a Buffer: see consume_visit_source */
+    self->source_view_visible = 1;    /* a Buffer: see mm_consume_visit_source */
     return 0;
 }
 
@@ -242,8 +242,8 @@ static int take_address(mm_state *st, BufferObject *self, AllocatorObject *alloc
         return -1;
     }
     mm_block block = {moved, (size_t)self->nbytes, NULL, 0};
-    buffer_adopt_block(self, alloc, &block);
-    allocator_track(alloc, &block);
+    mm_buffer_adopt_block(self, alloc, &block);
+    mm_allocator_track(alloc, &block);
     return 0;
 }
 
@@ -263,7 +263,7 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
     /* The object first: its allocation may start a collection, whose
      * finalizers may register memory.  From the overlap check to the
      * realloc nothing runs Python code, so the check still holds. */
-    BufferObject *self = buffer_alloc_object(cls, a);
+    BufferObject *self = mm_buffer_alloc_object(cls, a);
     if (self == NULL) {
         return NULL;
     }
@@ -273,8 +273,8 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
      * no live region, owned or not, may lie in it.  (Borrowed takes
      * nothing; its insertion below checks by itself.) */
     if (!alloc->consume_only &&
-        region_registry_find_any_overlap(src->address, end, &other)) {
-        raise_overlap(st, src->address, end, &other);
+        mm_region_registry_find_any_overlap(src->address, end, &other)) {
+        mm_raise_overlap(st, src->address, end, &other);
         Py_DECREF(self);
         return NULL;
     }
@@ -283,8 +283,8 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
         return NULL;
     }
     self->released = 0;
-    if (buffer_register_region(st, self) < 0 ||
-        buffer_finish_construction(st, self, a->death_stub, delayed_gc) < 0) {
+    if (mm_buffer_register_region(st, self) < 0 ||
+        mm_buffer_finish_construction(st, self, a->death_stub, delayed_gc) < 0) {
         /* Only a Borrowed insertion can be refused here (no Python code
          * ran since the owned check above).  A CMalloc block that is
          * registered but cannot be pinned (MemoryError) is freed now, so
@@ -363,23 +363,23 @@ static int check_buffer_options(mm_state *st, AllocatorObject *alloc, buffer_arg
         PyErr_SetString(PyExc_ValueError, "owner= is only for allocator='Borrowed'");
         return -1;
     }
-    return allocator_check_options(alloc, a->extra);
+    return mm_allocator_check_options(alloc, a->extra);
 }
 
 static int fill_copy(BufferObject *self, AllocatorObject *alloc, Py_buffer *view)
 {
     mm_request req;
     mm_block block;
-    if (allocator_parse_options(alloc, NULL, self->num_items, self->item_size,
+    if (mm_allocator_parse_options(alloc, NULL, self->num_items, self->item_size,
                                 INIT_UNINITIALISED, &req) < 0 ||
-        allocator_alloc_block(alloc, &req, (size_t)self->nbytes, INIT_UNINITIALISED,
+        mm_allocator_alloc_block(alloc, &req, (size_t)self->nbytes, INIT_UNINITIALISED,
                               &block) < 0) {
         return -1;
     }
     Py_ssize_t copied = view->len < self->nbytes ? view->len : self->nbytes;
     memcpy(block.address, view->buf, (size_t)copied);
     memset(block.address + copied, 0, (size_t)(self->nbytes - copied));
-    buffer_adopt_block(self, alloc, &block);
+    mm_buffer_adopt_block(self, alloc, &block);
     return 0;
 }
 
@@ -405,7 +405,7 @@ static PyObject *consume_object(mm_state *st, PyTypeObject *cls, PyObject *sourc
         PyBuffer_Release(&view);
         return NULL;
     }
-    BufferObject *self = buffer_alloc_object(cls, a);
+    BufferObject *self = mm_buffer_alloc_object(cls, a);
     if (self == NULL) {
         PyBuffer_Release(&view);
         return NULL;
@@ -427,8 +427,8 @@ static PyObject *consume_object(mm_state *st, PyTypeObject *cls, PyObject *sourc
         self->source_view_visible = source_view_may_be_visited(st, source, view.obj);
         self->readonly = (unsigned char)(view.readonly || readonly == 1);
     }
-    if (buffer_register_region(st, self) < 0 ||
-        buffer_finish_construction(st, self, a->death_stub, delayed_gc) < 0) {
+    if (mm_buffer_register_region(st, self) < 0 ||
+        mm_buffer_finish_construction(st, self, a->death_stub, delayed_gc) < 0) {
         goto error;
     }
     return (PyObject *)self;
@@ -442,7 +442,7 @@ error:
 /* ------------------------------------------------------------------ */
 
 /* The source goes to the plug-in as it is; the plug-in's handle and
- * address are validated by allocator_consume_block. */
+ * address are validated by mm_allocator_consume_block. */
 static PyObject *consume_with_plugin(mm_state *st, PyTypeObject *cls,
                                      PyObject *source, buffer_args *a,
                                      AllocatorObject *alloc, int copy, int delayed_gc)
@@ -450,7 +450,7 @@ static PyObject *consume_with_plugin(mm_state *st, PyTypeObject *cls,
     mm_block block;
     region_info other;
     size_t nbytes = (size_t)(a->num_items * a->item_size);
-    int readonly = parse_flag(a->readonly == Py_None ? NULL : a->readonly, 0);
+    int readonly = mm_parse_flag(a->readonly == Py_None ? NULL : a->readonly, 0);
     if (readonly < 0) {
         return NULL;
     }
@@ -468,28 +468,28 @@ static PyObject *consume_with_plugin(mm_state *st, PyTypeObject *cls,
             PyErr_Clear();
         }
         else if (start <= UINTPTR_MAX - nbytes &&
-                 region_registry_find_any_overlap(start, start + nbytes, &other)) {
-            raise_overlap(st, start, start + nbytes, &other);
+                 mm_region_registry_find_any_overlap(start, start + nbytes, &other)) {
+            mm_raise_overlap(st, start, start + nbytes, &other);
             return NULL;
         }
     }
     /* The object first: its allocation may start a collection.  After the
      * plug-in's consume (which refuses an address already owned) nothing
      * runs Python code until the block is registered. */
-    BufferObject *self = buffer_alloc_object(cls, a);
+    BufferObject *self = mm_buffer_alloc_object(cls, a);
     if (self == NULL) {
         return NULL;
     }
     self->released = 1;            /* nothing to free until adopted */
     self->allocator = (AllocatorObject *)Py_NewRef(alloc);
-    if (allocator_consume_block(alloc, source, nbytes, a->extra, &block) < 0) {
+    if (mm_allocator_consume_block(alloc, source, nbytes, a->extra, &block) < 0) {
         Py_DECREF(self);
         return NULL;
     }
     self->readonly = (unsigned char)readonly;
-    buffer_adopt_block(self, alloc, &block);
-    if (buffer_register_region(st, self) < 0 ||
-        buffer_finish_construction(st, self, a->death_stub, delayed_gc) < 0) {
+    mm_buffer_adopt_block(self, alloc, &block);
+    if (mm_buffer_register_region(st, self) < 0 ||
+        mm_buffer_finish_construction(st, self, a->death_stub, delayed_gc) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -509,10 +509,10 @@ static AllocatorObject *named_allocator(mm_state *st, buffer_args *a)
     if (a->allocator == NULL || a->allocator == Py_None) {
         return NULL;
     }
-    return (AllocatorObject *)Py_XNewRef(allocator_lookup(st, a->allocator));
+    return (AllocatorObject *)Py_XNewRef(mm_allocator_lookup(st, a->allocator));
 }
 
-PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
+PyObject *mm_buffer_consume(PyObject *cls, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames)
 {
     buffer_args a = {0};
@@ -532,10 +532,10 @@ PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
         return NULL;
     }
     PyObject *source = args[0];
-    if (parse_sizes(args[1], args[2], &a) < 0 ||
-        parse_options(st, nargs == 4 ? args[3] : NULL, args + nargs, kwnames, 1, &a) < 0 ||
-        (copy = parse_flag(a.copy, 0)) < 0 ||
-        (delayed_gc = parse_flag(a.delayed_gc, 1)) < 0) {
+    if (mm_parse_sizes(args[1], args[2], &a) < 0 ||
+        mm_parse_options(st, nargs == 4 ? args[3] : NULL, args + nargs, kwnames, 1, &a) < 0 ||
+        (copy = mm_parse_flag(a.copy, 0)) < 0 ||
+        (delayed_gc = mm_parse_flag(a.delayed_gc, 1)) < 0) {
         goto done;
     }
     if (a.init_value != NULL) {
@@ -583,7 +583,7 @@ done:
     Py_XDECREF(src.reset);
     Py_XDECREF(src.not_ownable);
     Py_XDECREF(src.list_holder);
-    buffer_args_clear(&a);
+    mm_buffer_args_clear(&a);
     return result;
 }
 
@@ -630,7 +630,7 @@ static BufferObject *consume_exporter(mm_state *st, BufferObject *self)
             obj = PyMemoryView_GET_BASE(obj);
             continue;
         }
-        PyObject *held = view_export_exporter(st, obj);
+        PyObject *held = mm_view_export_exporter(st, obj);
         if (held != NULL) {   /* create_view("numpy")'s base */
             obj = held;
             continue;
@@ -660,23 +660,23 @@ static BufferObject *consume_exporter(mm_state *st, BufferObject *self)
     return NULL;
 }
 
-/* buffer_register_region for a buffer that frees nothing: a shared region,
+/* mm_buffer_register_region for a buffer that frees nothing: a shared region,
  * which may overlap the region of the Buffer whose export it holds.  Out
  * of line, so that the owned path stays small. */
-int consume_register_region(mm_state *st, BufferObject *self)
+int mm_consume_register_region(mm_state *st, BufferObject *self)
 {
     region_info other;
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
     BufferObject *exporter = consume_exporter(st, self);
-    if (region_registry_insert_shared(&self->node, start, end, self->identifier,
+    if (mm_region_registry_insert_shared(&self->node, start, end, self->identifier,
                                       self->allocator->stats_slot,
                                       exporter ? &exporter->node : NULL, &other) != 0) {
-        raise_overlap(st, start, end, &other);
+        mm_raise_overlap(st, start, end, &other);
         return -1;
     }
     if (MM_UNLIKELY(self->allocator->debug)) {
-        debug_check_registry("an insert");
+        mm_debug_check_registry("an insert");
     }
     return 0;
 }
@@ -704,7 +704,7 @@ static int source_view_may_be_visited(mm_state *st, PyObject *source, PyObject *
     return exporter == source && !PyMemoryView_Check(exporter);
 }
 
-int consume_visit_source(BufferObject *self, visitproc visit, void *arg)
+int mm_consume_visit_source(BufferObject *self, visitproc visit, void *arg)
 {
     if (self->holds_source_view && self->source_view_visible) {
         Py_VISIT(self->source_view.obj);

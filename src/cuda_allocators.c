@@ -5,7 +5,7 @@
  *                ordinary buffer on the CPU whose copies to and from the
  *                GPU run at full bus speed;
  *   CudaDevice   device memory, cuMemAlloc: the host cannot read or write
- *                it (buffer_check_host_access refuses); the device sees it
+ *                it (mm_buffer_check_host_access refuses); the device sees it
  *                through device_view();
  *   CudaManaged  unified memory, cuMemAllocManaged: host and devices share
  *                one address.
@@ -45,11 +45,11 @@ static void *host_malloc(void *ctx, size_t size)
 {
     mm_cuda_driver *d = ctx;
     void *block = NULL;
-    if (cuda_enter(d, DEVICE) != CU_SUCCESS) {
+    if (mm_cuda_enter(d, DEVICE) != CU_SUCCESS) {
         return NULL;
     }
     cu_result rc = d->api.mem_host_alloc(&block, size, CU_HOST_ALLOC_PORTABLE);
-    cuda_leave(d);
+    mm_cuda_leave(d);
     return rc == CU_SUCCESS ? block : NULL;
 }
 
@@ -66,9 +66,9 @@ static void host_free(void *ctx, void *ptr, size_t size)
 {
     mm_cuda_driver *d = ctx;
     (void)size;
-    if (cuda_enter(d, DEVICE) == CU_SUCCESS) {
+    if (mm_cuda_enter(d, DEVICE) == CU_SUCCESS) {
         (void)d->api.mem_free_host(ptr);
-        cuda_leave(d);
+        mm_cuda_leave(d);
     }
 }
 
@@ -79,7 +79,7 @@ static void host_free(void *ctx, void *ptr, size_t size)
 static void *device_allocate(mm_cuda_driver *d, size_t size, int managed, int zero)
 {
     cu_device_ptr block = 0;
-    if (cuda_enter(d, DEVICE) != CU_SUCCESS) {
+    if (mm_cuda_enter(d, DEVICE) != CU_SUCCESS) {
         return NULL;
     }
     cu_result rc = managed
@@ -89,7 +89,7 @@ static void *device_allocate(mm_cuda_driver *d, size_t size, int managed, int ze
         (void)d->api.mem_free(block);
         rc = CU_ERROR_OUT_OF_MEMORY;
     }
-    cuda_leave(d);
+    mm_cuda_leave(d);
     return rc == CU_SUCCESS ? (void *)(uintptr_t)block : NULL;
 }
 
@@ -97,9 +97,9 @@ static void device_free(void *ctx, void *ptr, size_t size)
 {
     mm_cuda_driver *d = ctx;
     (void)size;
-    if (cuda_enter(d, DEVICE) == CU_SUCCESS) {
+    if (mm_cuda_enter(d, DEVICE) == CU_SUCCESS) {
         (void)d->api.mem_free((cu_device_ptr)(uintptr_t)ptr);
-        cuda_leave(d);
+        mm_cuda_leave(d);
     }
 }
 
@@ -123,7 +123,7 @@ static void *managed_calloc(void *ctx, size_t count, size_t size)
     return device_allocate(ctx, count * size, 1, 1);
 }
 
-void cuda_fill_vtables(mm_cuda_driver *d)
+void mm_cuda_fill_vtables(mm_cuda_driver *d)
 {
     static const struct {
         const char *name;
@@ -155,7 +155,7 @@ void cuda_fill_vtables(mm_cuda_driver *d)
 
 static mm_cuda_driver *driver_of_allocator(AllocatorObject *alloc)
 {
-    return cuda_driver_of(alloc->keeper);
+    return mm_cuda_driver_of(alloc->keeper);
 }
 
 static int prepare(AllocatorObject *alloc)
@@ -165,7 +165,7 @@ static int prepare(AllocatorObject *alloc)
     if (st == NULL || d == NULL) {
         return -1;
     }
-    return cuda_driver_require(st, d, DEVICE);
+    return mm_cuda_driver_require(st, d, DEVICE);
 }
 
 static int fill(AllocatorObject *alloc, void *ptr, int byte, size_t size)
@@ -175,13 +175,13 @@ static int fill(AllocatorObject *alloc, void *ptr, int byte, size_t size)
     if (st == NULL || d == NULL) {
         return -1;
     }
-    cu_result rc = cuda_enter(d, DEVICE);
+    cu_result rc = mm_cuda_enter(d, DEVICE);
     if (rc == CU_SUCCESS) {
         rc = set_device_bytes(d, (cu_device_ptr)(uintptr_t)ptr, byte, size);
-        cuda_leave(d);
+        mm_cuda_leave(d);
     }
     if (rc != CU_SUCCESS) {
-        cuda_raise(st, d, rc, "setting the init_value of device memory");
+        mm_cuda_raise(st, d, rc, "setting the init_value of device memory");
         return -1;
     }
     return 0;
@@ -199,7 +199,7 @@ static const mm_device_hooks cuda_hooks = {
 static int register_one(mm_state *st, mm_cuda_driver *d, int which, int memory_kind)
 {
     const MemManagerAllocator *vtable = &d->vtables[which];
-    AllocatorObject *alloc = allocator_new(st, vtable->name, &mm_vtable_ops,
+    AllocatorObject *alloc = mm_allocator_new(st, vtable->name, &mm_vtable_ops,
                                            vtable, st->cuda_driver);
     if (alloc == NULL) {
         return -1;
@@ -207,18 +207,18 @@ static int register_one(mm_state *st, mm_cuda_driver *d, int which, int memory_k
     alloc->device_hooks = &cuda_hooks;
     alloc->memory_kind = memory_kind;
     PyObject *name = PyUnicode_InternFromString(vtable->name);
-    int rc = name == NULL ? -1 : allocator_registry_set(st, name, alloc);
+    int rc = name == NULL ? -1 : mm_allocator_registry_set(st, name, alloc);
     Py_XDECREF(name);
     Py_DECREF(alloc);
     return rc;
 }
 
-int cuda_register_allocators(mm_state *st)
+int mm_cuda_register_allocators(mm_state *st)
 {
-    if (cuda_driver_create(st) < 0) {
+    if (mm_cuda_driver_create(st) < 0) {
         return -1;
     }
-    mm_cuda_driver *d = cuda_driver_of(st->cuda_driver);
+    mm_cuda_driver *d = mm_cuda_driver_of(st->cuda_driver);
     if (d == NULL ||
         register_one(st, d, CUDA_VTABLE_HOST, MM_MEMORY_HOST) < 0 ||
         register_one(st, d, CUDA_VTABLE_DEVICE, MM_MEMORY_CUDA_DEVICE) < 0 ||

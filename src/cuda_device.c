@@ -25,7 +25,7 @@
  *   host offsets); [start, end) only limits what is copied.
  * - Mappings hang off the Buffer (BufferObject.device, a struct
  *   mm_device_state) together with a strong reference to the driver
- *   capsule that made them.  buffer_release_memory() frees them all, so a
+ *   capsule that made them.  mm_buffer_release_memory() frees them all, so a
  *   buffer's death or release() frees its device memory.
  * - CudaManaged memory (on any device) and CudaDevice memory (on its own
  *   device) are the device copy already: their mapping *aliases* the
@@ -120,7 +120,7 @@ static int parse_integer(PyObject *obj, const char *what, Py_ssize_t *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-int device_parse_id(PyObject *obj, int *device_id)
+int mm_device_parse_id(PyObject *obj, int *device_id)
 {
     Py_ssize_t value = 0;
     if (obj != NULL && parse_integer(obj, "device_id", &value) < 0) {
@@ -153,7 +153,7 @@ static int parse_movement(BufferObject *self, PyObject *const *args,
     static const char *const names[] = {
         "action", "direction", "device", "device_id", "start", "end", NULL};
     PyObject *v[6];
-    if (unpack_arguments("device_movement", args, nargs, kwnames, names, 2, v) < 0) {
+    if (mm_unpack_arguments("device_movement", args, nargs, kwnames, names, 2, v) < 0) {
         return -1;
     }
     if (v[0] == NULL || v[1] == NULL) {
@@ -164,10 +164,10 @@ static int parse_movement(BufferObject *self, PyObject *const *args,
     if (parse_choice(v[0], action_names, "action", &mv->action) < 0 ||
         parse_choice(v[1], direction_names, "direction", &mv->direction) < 0 ||
         parse_device(v[2]) < 0 ||
-        device_parse_id(v[3], &mv->device_id) < 0 ||
+        mm_device_parse_id(v[3], &mv->device_id) < 0 ||
         parse_bound(v[4], "start", 0, &mv->start) < 0 ||
         parse_bound(v[5], "end", PY_SSIZE_T_MAX, &mv->end) < 0 ||
-        buffer_check_live(self) < 0) {
+        mm_buffer_check_live(self) < 0) {
         return -1;
     }
     if (!(valid_directions[mv->action] & BIT(mv->direction))) {
@@ -202,7 +202,7 @@ static int check_buffer_allows(BufferObject *self, const movement *mv)
         return -1;
     }
     if (self->allocator->memory_kind == MM_MEMORY_CUDA_DEVICE &&
-        !device_memory_is_native(self, mv->device_id)) {
+        !mm_device_memory_is_native(self, mv->device_id)) {
         PyErr_Format(PyExc_ValueError, "a %U buffer lives on device %d; it cannot "
                      "be mapped to device %d", self->allocator->name,
                      CUDA_ALLOCATOR_DEVICE, mv->device_id);
@@ -215,7 +215,7 @@ static int check_buffer_allows(BufferObject *self, const movement *mv)
 /* Mappings                                                            */
 /* ------------------------------------------------------------------ */
 
-int device_memory_is_native(BufferObject *self, int device_id)
+int mm_device_memory_is_native(BufferObject *self, int device_id)
 {
     switch (self->allocator->memory_kind) {
     case MM_MEMORY_CUDA_MANAGED:
@@ -227,7 +227,7 @@ int device_memory_is_native(BufferObject *self, int device_id)
     }
 }
 
-mm_device_mapping *device_mapping_find(BufferObject *self, int device_id)
+mm_device_mapping *mm_device_mapping_find(BufferObject *self, int device_id)
 {
     if (self->device == NULL) {
         return NULL;
@@ -242,7 +242,7 @@ mm_device_mapping *device_mapping_find(BufferObject *self, int device_id)
 
 /* The driver that made the buffer's mappings, else its CUDA allocator's,
  * else the module's current one (borrowed; NULL with an exception). */
-PyObject *device_driver_capsule(BufferObject *self)
+PyObject *mm_device_driver_capsule(BufferObject *self)
 {
     if (self->device != NULL) {
         return self->device->driver;
@@ -250,7 +250,7 @@ PyObject *device_driver_capsule(BufferObject *self)
     if (self->allocator->device_hooks != NULL) {
         return self->allocator->keeper;
     }
-    mm_state *st = buffer_state(self);
+    mm_state *st = mm_buffer_state(self);
     if (st != NULL && st->cuda_driver == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot use the GPU: memmanager is shutting down");
@@ -258,10 +258,10 @@ PyObject *device_driver_capsule(BufferObject *self)
     return st ? st->cuda_driver : NULL;
 }
 
-mm_cuda_driver *device_driver(BufferObject *self)
+mm_cuda_driver *mm_device_driver(BufferObject *self)
 {
-    PyObject *capsule = device_driver_capsule(self);
-    return capsule ? cuda_driver_of(capsule) : NULL;
+    PyObject *capsule = mm_device_driver_capsule(self);
+    return capsule ? mm_cuda_driver_of(capsule) : NULL;
 }
 
 static int ensure_device_state(BufferObject *self, PyObject *driver)
@@ -280,9 +280,9 @@ static int ensure_device_state(BufferObject *self, PyObject *driver)
 
 static void free_device_memory(mm_cuda_driver *d, mm_device_mapping *m)
 {
-    if (!m->aliases_buffer && cuda_enter(d, m->device_id) == CU_SUCCESS) {
+    if (!m->aliases_buffer && mm_cuda_enter(d, m->device_id) == CU_SUCCESS) {
         (void)d->api.mem_free(m->device_address);
-        cuda_leave(d);
+        mm_cuda_leave(d);
     }
 }
 
@@ -306,10 +306,10 @@ static void drop_empty_state(BufferObject *self)
     }
 }
 
-void device_state_free(BufferObject *self)
+void mm_device_state_free(BufferObject *self)
 {
     struct mm_device_state *state = self->device;
-    mm_cuda_driver *d = cuda_driver_of(state->driver);
+    mm_cuda_driver *d = mm_cuda_driver_of(state->driver);
     while (state->mappings != NULL) {
         mm_device_mapping *m = state->mappings;
         state->mappings = m->next;
@@ -332,7 +332,7 @@ void device_state_free(BufferObject *self)
 static cu_result run_copy(mm_cuda_driver *d, mm_device_mapping *m, char *host,
                           cu_device_ptr device, size_t size, int to_device)
 {
-    cu_result rc = cuda_enter(d, m->device_id);
+    cu_result rc = mm_cuda_enter(d, m->device_id);
     if (rc != CU_SUCCESS) {
         return rc;
     }
@@ -349,7 +349,7 @@ static cu_result run_copy(mm_cuda_driver *d, mm_device_mapping *m, char *host,
     else {
         rc = d->api.memcpy_dtoh(host, device, size);
     }
-    cuda_leave(d);
+    mm_cuda_leave(d);
     return rc;
 }
 
@@ -386,7 +386,7 @@ static int copy_range(mm_state *st, mm_cuda_driver *d, BufferObject *self,
         char what[96];
         snprintf(what, sizeof(what), "copying %zu bytes %s device %d", size,
                  to_device ? "to" : "from", m->device_id);
-        cuda_raise(st, d, rc, what);
+        mm_cuda_raise(st, d, rc, what);
         return -1;
     }
     return 0;
@@ -407,21 +407,21 @@ static mm_device_mapping *new_mapping(mm_state *st, mm_cuda_driver *d,
     m->device_id = device_id;
     m->size = (size_t)self->nbytes;
     m->refcount = 1;
-    if (device_memory_is_native(self, device_id)) {
+    if (mm_device_memory_is_native(self, device_id)) {
         m->aliases_buffer = 1;
         m->device_address = (cu_device_ptr)(uintptr_t)self->data;
         return m;
     }
-    cu_result rc = cuda_enter(d, device_id);
+    cu_result rc = mm_cuda_enter(d, device_id);
     if (rc == CU_SUCCESS) {
         rc = d->api.mem_alloc(&m->device_address, m->size);
-        cuda_leave(d);
+        mm_cuda_leave(d);
     }
     if (rc != CU_SUCCESS) {
         char what[96];
         snprintf(what, sizeof(what), "allocating %zu bytes on device %d", m->size,
                  device_id);
-        cuda_raise(st, d, rc, what);
+        mm_cuda_raise(st, d, rc, what);
         PyMem_RawFree(m);
         return NULL;
     }
@@ -431,12 +431,12 @@ static mm_device_mapping *new_mapping(mm_state *st, mm_cuda_driver *d,
 static int enter(mm_state *st, mm_cuda_driver *d, BufferObject *self,
                  const movement *mv)
 {
-    mm_device_mapping *m = device_mapping_find(self, mv->device_id);
+    mm_device_mapping *m = mm_device_mapping_find(self, mv->device_id);
     if (m != NULL) {
         m->refcount++;            /* present: OpenMP copies nothing */
         return 0;
     }
-    if (ensure_device_state(self, device_driver_capsule(self)) < 0) {
+    if (ensure_device_state(self, mm_device_driver_capsule(self)) < 0) {
         return -1;
     }
     if ((m = new_mapping(st, d, self, mv->device_id)) == NULL) {
@@ -511,7 +511,7 @@ static int exit_mapping(mm_state *st, mm_cuda_driver *d, BufferObject *self,
 
 static mm_device_mapping *find_present(BufferObject *self, const movement *mv)
 {
-    mm_device_mapping *m = device_mapping_find(self, mv->device_id);
+    mm_device_mapping *m = mm_device_mapping_find(self, mv->device_id);
     if (m == NULL) {
         PyErr_Format(PyExc_ValueError,
                      "%s: the buffer is not mapped to device %d (device_movement"
@@ -540,18 +540,18 @@ static int perform(mm_state *st, mm_cuda_driver *d, BufferObject *self,
 /* The methods                                                         */
 /* ------------------------------------------------------------------ */
 
-PyObject *buffer_device_movement(PyObject *op, PyObject *const *args,
+PyObject *mm_buffer_device_movement(PyObject *op, PyObject *const *args,
                                  Py_ssize_t nargs, PyObject *kwnames)
 {
     BufferObject *self = (BufferObject *)op;
     movement mv;
-    mm_state *st = buffer_state(self);
+    mm_state *st = mm_buffer_state(self);
     if (st == NULL || parse_movement(self, args, nargs, kwnames, &mv) < 0 ||
         check_buffer_allows(self, &mv) < 0) {
         return NULL;
     }
-    mm_cuda_driver *d = device_driver(self);
-    if (d == NULL || cuda_driver_require(st, d, mv.device_id) < 0 ||
+    mm_cuda_driver *d = mm_device_driver(self);
+    if (d == NULL || mm_cuda_driver_require(st, d, mv.device_id) < 0 ||
         perform(st, d, self, &mv) < 0) {
         return NULL;
     }
@@ -567,10 +567,10 @@ static PyObject *mapping_info(const mm_device_mapping *m)
                          "views", m->views);
 }
 
-PyObject *buffer_device_mappings(PyObject *op, PyObject *Py_UNUSED(unused))
+PyObject *mm_buffer_device_mappings(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     BufferObject *self = (BufferObject *)op;
-    if (buffer_check_live(self) < 0) {
+    if (mm_buffer_check_live(self) < 0) {
         return NULL;
     }
     PyObject *result = PyDict_New();

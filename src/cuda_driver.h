@@ -70,22 +70,22 @@ typedef struct mm_cuda_driver {
 } mm_cuda_driver;
 
 /* cuda_loader.c */
-int cuda_driver_create(mm_state *st);   /* st->cuda_driver, if missing */
-mm_cuda_driver *cuda_driver_of(PyObject *capsule);
+int mm_cuda_driver_create(mm_state *st);   /* st->cuda_driver, if missing */
+mm_cuda_driver *mm_cuda_driver_of(PyObject *capsule);
 /* Loads on first use; DeviceUnavailableError with the reason when there
  * is no usable GPU.  device_id >= 0 also checks the ordinal (ValueError)
  * and retains that device's primary context. */
-int cuda_driver_require(mm_state *st, mm_cuda_driver *d, int device_id);
+int mm_cuda_driver_require(mm_state *st, mm_cuda_driver *d, int device_id);
 /* Make device_id's primary context current on this thread / undo it.
  * Callable without the GIL once the context is retained. */
-cu_result cuda_enter(mm_cuda_driver *d, int device_id);
-void cuda_leave(mm_cuda_driver *d);
+cu_result mm_cuda_enter(mm_cuda_driver *d, int device_id);
+void mm_cuda_leave(mm_cuda_driver *d);
 /* Raise for a failed driver call: MemoryError for out-of-memory, else
  * DeviceUnavailableError; `what` says what was being done. */
-void cuda_raise(mm_state *st, mm_cuda_driver *d, cu_result rc, const char *what);
+void mm_cuda_raise(mm_state *st, mm_cuda_driver *d, cu_result rc, const char *what);
 
 /* cuda_allocators.c */
-void cuda_fill_vtables(mm_cuda_driver *d);
+void mm_cuda_fill_vtables(mm_cuda_driver *d);
 
 /* cuda_device.c: one mapping of a buffer on one device. */
 typedef struct mm_device_mapping {
@@ -104,13 +104,13 @@ struct mm_device_state {
     mm_device_mapping *mappings;
 };
 
-mm_device_mapping *device_mapping_find(BufferObject *self, int device_id);
+mm_device_mapping *mm_device_mapping_find(BufferObject *self, int device_id);
 /* The driver capsule device work on this buffer goes through (borrowed),
  * and its table; NULL with an exception (at shutdown). */
-PyObject *device_driver_capsule(BufferObject *self);
-mm_cuda_driver *device_driver(BufferObject *self);
-int device_parse_id(PyObject *obj, int *device_id);
+PyObject *mm_device_driver_capsule(BufferObject *self);
+mm_cuda_driver *mm_device_driver(BufferObject *self);
+int mm_device_parse_id(PyObject *obj, int *device_id);
 /* Whether the buffer's own memory is usable on device_id without a map. */
-int device_memory_is_native(BufferObject *self, int device_id);
+int mm_device_memory_is_native(BufferObject *self, int device_id);
 
 #endif /* MEMMANAGER_CUDA_DRIVER_H */

@@ -130,7 +130,7 @@ static void describe(mm_cuda_driver *d, cu_result rc, char *out, size_t size)
     snprintf(out, size, "%s (%d: %s)", name, rc, text);
 }
 
-void cuda_raise(mm_state *st, mm_cuda_driver *d, cu_result rc, const char *what)
+void mm_cuda_raise(mm_state *st, mm_cuda_driver *d, cu_result rc, const char *what)
 {
     char text[256];
     describe(d, rc, text, sizeof(text));
@@ -215,14 +215,14 @@ static int retain_context(mm_state *st, mm_cuda_driver *d, int device_id)
         char what[64];
         snprintf(what, sizeof(what), "retaining the primary context of device %d",
                  device_id);
-        cuda_raise(st, d, rc != CU_SUCCESS ? rc : CU_ERROR_NO_DEVICE, what);
+        mm_cuda_raise(st, d, rc != CU_SUCCESS ? rc : CU_ERROR_NO_DEVICE, what);
         return -1;
     }
     d->contexts[device_id] = context;
     return 0;
 }
 
-int cuda_driver_require(mm_state *st, mm_cuda_driver *d, int device_id)
+int mm_cuda_driver_require(mm_state *st, mm_cuda_driver *d, int device_id)
 {
     if (d->state == CUDA_NOT_LOADED) {
         load(d);
@@ -243,12 +243,12 @@ int cuda_driver_require(mm_state *st, mm_cuda_driver *d, int device_id)
     return retain_context(st, d, device_id);
 }
 
-cu_result cuda_enter(mm_cuda_driver *d, int device_id)
+cu_result mm_cuda_enter(mm_cuda_driver *d, int device_id)
 {
     return d->api.ctx_push(d->contexts[device_id]);
 }
 
-void cuda_leave(mm_cuda_driver *d)
+void mm_cuda_leave(mm_cuda_driver *d)
 {
     cu_context popped;
     (void)d->api.ctx_pop(&popped);
@@ -289,7 +289,7 @@ static PyObject *driver_new(void)
     if (d == NULL) {
         return PyErr_NoMemory();
     }
-    cuda_fill_vtables(d);
+    mm_cuda_fill_vtables(d);
     PyObject *capsule = PyCapsule_New(d, CUDA_DRIVER_CAPSULE,
                                       driver_capsule_destructor);
     if (capsule == NULL) {
@@ -298,7 +298,7 @@ static PyObject *driver_new(void)
     return capsule;
 }
 
-mm_cuda_driver *cuda_driver_of(PyObject *capsule)
+mm_cuda_driver *mm_cuda_driver_of(PyObject *capsule)
 {
     return PyCapsule_GetPointer(capsule, CUDA_DRIVER_CAPSULE);
 }
@@ -309,10 +309,10 @@ mm_cuda_driver *cuda_driver_of(PyObject *capsule)
 
 /* _cuda_probe() -> (device_count, reason, library, driver_version):
  * loads the driver if needed; reason is None when a GPU is usable. */
-PyObject *cuda_probe(PyObject *module, PyObject *Py_UNUSED(unused))
+PyObject *mm_cuda_probe(PyObject *module, PyObject *Py_UNUSED(unused))
 {
     mm_state *st = (mm_state *)PyModule_GetState(module);
-    mm_cuda_driver *d = cuda_driver_of(st->cuda_driver);
+    mm_cuda_driver *d = mm_cuda_driver_of(st->cuda_driver);
     if (d == NULL) {
         return NULL;
     }
@@ -330,7 +330,7 @@ PyObject *cuda_probe(PyObject *module, PyObject *Py_UNUSED(unused))
 /* _cuda_reset(): forget the loaded driver (for tests).  A new table is
  * made and the CUDA allocators re-registered over it; buffers made
  * before keep the old table alive through their allocator and mappings. */
-PyObject *cuda_reset(PyObject *module, PyObject *Py_UNUSED(unused))
+PyObject *mm_cuda_reset(PyObject *module, PyObject *Py_UNUSED(unused))
 {
     mm_state *st = (mm_state *)PyModule_GetState(module);
     PyObject *fresh = driver_new();
@@ -338,14 +338,14 @@ PyObject *cuda_reset(PyObject *module, PyObject *Py_UNUSED(unused))
         return NULL;
     }
     Py_XSETREF(st->cuda_driver, fresh);
-    if (cuda_register_allocators(st) < 0) {
+    if (mm_cuda_register_allocators(st) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
-/* The table is created with the module, unloaded; cuda_reset replaces it. */
-int cuda_driver_create(mm_state *st)
+/* The table is created with the module, unloaded; mm_cuda_reset replaces it. */
+int mm_cuda_driver_create(mm_state *st)
 {
     if (st->cuda_driver == NULL && (st->cuda_driver = driver_new()) == NULL) {
         return -1;

@@ -23,7 +23,7 @@
  *   that is already on the device (CudaDevice, CudaManaged) has no mapping.
  * - Consumers keep the view alive: CuPy and Numba hold the object whose
  *   __cuda_array_interface__ they read; a DLPack capsule (made by
- *   dlpack.c's dlpack_capsule_new, kDLCUDA) holds a strong reference to
+ *   dlpack.c's mm_dlpack_capsule_new, kDLCUDA) holds a strong reference to
  *   the view until the consumer's deleter, and no count of its own: the
  *   view is already the buffer's export.  The deleter's thread and
  *   shutdown rules are dlpack.c's.
@@ -57,7 +57,7 @@ static void detach(DeviceViewObject *self)
         self->mapping = NULL;
     }
     self->buffer = NULL;
-    buffer_export_ended(buffer);
+    mm_buffer_export_ended(buffer);
     Py_DECREF(buffer);
 }
 
@@ -83,26 +83,26 @@ static PyObject *view_new(mm_state *st, BufferObject *buffer,
     return (PyObject *)self;
 }
 
-PyObject *buffer_device_view(PyObject *op, PyObject *const *args,
+PyObject *mm_buffer_device_view(PyObject *op, PyObject *const *args,
                              Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"device_id", NULL};
     BufferObject *self = (BufferObject *)op;
     PyObject *value;
     int device_id;
-    mm_state *st = buffer_state(self);
+    mm_state *st = mm_buffer_state(self);
     if (st == NULL ||
-        unpack_arguments("device_view", args, nargs, kwnames, names, 1, &value) < 0 ||
-        device_parse_id(value, &device_id) < 0 ||
-        buffer_check_live(self) < 0) {
+        mm_unpack_arguments("device_view", args, nargs, kwnames, names, 1, &value) < 0 ||
+        mm_device_parse_id(value, &device_id) < 0 ||
+        mm_buffer_check_live(self) < 0) {
         return NULL;
     }
-    mm_cuda_driver *d = device_driver(self);
-    if (d == NULL || cuda_driver_require(st, d, device_id) < 0) {
+    mm_cuda_driver *d = mm_device_driver(self);
+    if (d == NULL || mm_cuda_driver_require(st, d, device_id) < 0) {
         return NULL;
     }
-    mm_device_mapping *mapping = device_mapping_find(self, device_id);
-    if (mapping == NULL && !device_memory_is_native(self, device_id)) {
+    mm_device_mapping *mapping = mm_device_mapping_find(self, device_id);
+    if (mapping == NULL && !mm_device_memory_is_native(self, device_id)) {
         PyErr_Format(PyExc_ValueError,
                      "the buffer is not mapped to device %d: call "
                      "device_movement('enter', 'to', device_id=%d) first",
@@ -230,9 +230,9 @@ static PyObject *view_dlpack(PyObject *op, PyObject *const *args, Py_ssize_t nar
     DeviceViewObject *self = (DeviceViewObject *)op;
     mm_dlpack_request req;
     /* Parse first (may run __index__ or __bool__), then look at the view. */
-    if (dlpack_parse_request("__dlpack__", args, nargs, kwnames, &req) < 0 ||
+    if (mm_dlpack_parse_request("__dlpack__", args, nargs, kwnames, &req) < 0 ||
         check_stream(req.stream) < 0 ||
-        dlpack_check_device(&req, view_device(self), "device view") < 0) {
+        mm_dlpack_check_device(&req, view_device(self), "device view") < 0) {
         return NULL;
     }
     if (req.copy == 1) {
@@ -241,7 +241,7 @@ static PyObject *view_dlpack(PyObject *op, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     if (check_attached(self) < 0 ||
-        dlpack_check_readonly(self->readonly, req.versioned, "device view", "") < 0) {
+        mm_dlpack_check_readonly(self->readonly, req.versioned, "device view", "") < 0) {
         return NULL;
     }
     mm_dlpack_source src = {
@@ -252,7 +252,7 @@ static PyObject *view_dlpack(PyObject *op, PyObject *const *args, Py_ssize_t nar
         .owner = op,        /* the view already counts as the buffer's export */
         .unexport = NULL,
     };
-    return dlpack_capsule_new(&src, req.versioned);
+    return mm_dlpack_capsule_new(&src, req.versioned);
 }
 
 static PyObject *view_dlpack_device(PyObject *op, PyObject *Py_UNUSED(unused))
@@ -300,7 +300,7 @@ static PyType_Slot view_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec device_view_type_spec = {
+PyType_Spec mm_device_view_type_spec = {
     .name = "memmanager.DeviceView",
     .basicsize = sizeof(DeviceViewObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |

@@ -16,14 +16,14 @@ static int shutting_down(mm_state *st)
     return st == NULL || st->pinned == NULL;
 }
 
-int delayed_gc_pin(mm_state *st, BufferObject *self)
+int mm_delayed_gc_pin(mm_state *st, BufferObject *self)
 {
     if (shutting_down(st)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "cannot pin a buffer: memmanager is shutting down");
         return -1;
     }
-    PyObject *key = buffer_identifier(self);
+    PyObject *key = mm_buffer_identifier(self);
     if (key == NULL) {
         return -1;
     }
@@ -58,13 +58,13 @@ static int pop_pinned(mm_state *st, PyObject *key, PyObject **value)
 
 /* Drops the module's reference: the caller must hold its own if it goes
  * on using self. */
-int delayed_gc_unpin(mm_state *st, BufferObject *self)
+int mm_delayed_gc_unpin(mm_state *st, BufferObject *self)
 {
     if (!self->pinned || shutting_down(st)) {
         self->pinned = 0;
         return 0;
     }
-    PyObject *key = buffer_identifier(self);
+    PyObject *key = mm_buffer_identifier(self);
     PyObject *value;
     if (key == NULL) {
         return -1;
@@ -76,7 +76,7 @@ int delayed_gc_unpin(mm_state *st, BufferObject *self)
     return rc;
 }
 
-PyObject *delayed_gc_identifiers(mm_state *st)
+PyObject *mm_delayed_gc_identifiers(mm_state *st)
 {
     if (shutting_down(st)) {
         return PyList_New(0);
@@ -90,7 +90,7 @@ PyObject *delayed_gc_identifiers(mm_state *st)
 static PyObject *identifier_key(mm_state *st, PyObject *item)
 {
     if (PyObject_TypeCheck(item, st->buffer_type)) {
-        return buffer_identifier((BufferObject *)item);
+        return mm_buffer_identifier((BufferObject *)item);
     }
     if (PyLong_CheckExact(item)) {
         return Py_NewRef(item);
@@ -125,7 +125,7 @@ static PyObject *keys_to_collect(mm_state *st, PyObject *identifiers)
         return PyDict_Keys(st->pinned);
     }
     if (PyObject_TypeCheck(identifiers, st->buffer_type)) {
-        PyObject *key = buffer_identifier((BufferObject *)identifiers);
+        PyObject *key = mm_buffer_identifier((BufferObject *)identifiers);
         if (key == NULL) {
             return NULL;
         }
@@ -169,7 +169,7 @@ static PyObject *keys_to_collect(mm_state *st, PyObject *identifiers)
     return keys;
 }
 
-PyObject *delayed_gc_collect(mm_state *st, PyObject *identifiers)
+PyObject *mm_delayed_gc_collect(mm_state *st, PyObject *identifiers)
 {
     if (shutting_down(st)) {
         return PyList_New(0);
@@ -220,7 +220,7 @@ error:
 
 /* At exit: release every pinned buffer; one that is still exported is
  * unpinned after its stub ran, and freed when its last export goes. */
-PyObject *delayed_gc_release_all(mm_state *st)
+PyObject *mm_delayed_gc_release_all(mm_state *st)
 {
     /* A stub may pin new buffers: a few more rounds release those too;
      * whatever a stub keeps pinning after that is freed (stub and all)
@@ -236,11 +236,11 @@ PyObject *delayed_gc_release_all(mm_state *st)
             if (!PyObject_TypeCheck(buffer, st->buffer_type)) {
                 continue;
             }
-            PyObject *result = buffer_release_method(buffer, NULL);
+            PyObject *result = mm_buffer_release_method(buffer, NULL);
             if (result == NULL) {
                 PyErr_Clear();
-                buffer_run_death_stub((BufferObject *)buffer);
-                if (delayed_gc_unpin(st, (BufferObject *)buffer) < 0) {
+                mm_buffer_run_death_stub((BufferObject *)buffer);
+                if (mm_delayed_gc_unpin(st, (BufferObject *)buffer) < 0) {
                     PyErr_Clear();
                 }
             }

@@ -19,14 +19,14 @@
  * Two layers:
  *
  *   - the exporter-neutral part, which every __dlpack__ of memmanager uses
- *     (Buffer here, DeviceView in cuda_view.c): dlpack_parse_request()
- *     parses the arguments, dlpack_check_device() and
- *     dlpack_check_readonly() are the two rules every exporter applies,
- *     and dlpack_capsule_new() turns any (data, nbytes, device, owner)
+ *     (Buffer here, DeviceView in cuda_view.c): mm_dlpack_parse_request()
+ *     parses the arguments, mm_dlpack_check_device() and
+ *     mm_dlpack_check_readonly() are the two rules every exporter applies,
+ *     and mm_dlpack_capsule_new() turns any (data, nbytes, device, owner)
  *     into a capsule, versioned or legacy.  The export a capsule stands
  *     for is given back by the source's `unexport` hook; an owner that
  *     counts nothing (a DeviceView) passes NULL and is only referenced.
- *   - buffer_dlpack() and buffer_dlpack_device() are the Buffer methods.
+ *   - mm_buffer_dlpack() and mm_buffer_dlpack_device() are the Buffer methods.
  *
  * Lifetime rules (what makes the export airtight):
  *
@@ -213,7 +213,7 @@ static dlpack_export *export_new(const mm_dlpack_source *src, mm_interp *interp,
 /* The caller has counted one export of src->owner (if it counts any); the
  * capsule owns it from now on.  On failure the export is given back
  * (src->unexport, when not NULL). */
-PyObject *dlpack_capsule_new(const mm_dlpack_source *src, int versioned)
+PyObject *mm_dlpack_capsule_new(const mm_dlpack_source *src, int versioned)
 {
     mm_state *st = mm_state_from_type(Py_TYPE(src->owner));
     dlpack_export *export = NULL;
@@ -266,7 +266,7 @@ static int parse_int_pair(PyObject *obj, const char *what, long *first, long *se
     return (*second == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-int dlpack_parse_request(const char *funcname, PyObject *const *args,
+int mm_dlpack_parse_request(const char *funcname, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames,
                          mm_dlpack_request *out)
 {
@@ -277,7 +277,7 @@ int dlpack_parse_request(const char *funcname, PyObject *const *args,
 
     memset(out, 0, sizeof(*out));
     out->copy = -1;
-    if (unpack_arguments(funcname, args, nargs, kwnames, names, 0, values) < 0) {
+    if (mm_unpack_arguments(funcname, args, nargs, kwnames, names, 0, values) < 0) {
         return -1;
     }
     out->stream = values[0] == Py_None ? NULL : values[0];
@@ -308,7 +308,7 @@ int dlpack_parse_request(const char *funcname, PyObject *const *args,
 
 /* dl_device, when given, must be where the memory is: memmanager never
  * copies across devices for a consumer.  `what` names the exporter. */
-int dlpack_check_device(const mm_dlpack_request *req, mm_dl_device here,
+int mm_dlpack_check_device(const mm_dlpack_request *req, mm_dl_device here,
                         const char *what)
 {
     if (req->has_device && (req->device_type != here.device_type ||
@@ -325,7 +325,7 @@ int dlpack_check_device(const mm_dlpack_request *req, mm_dl_device here,
 /* Only the versioned capsule has a READ_ONLY flag, so read-only memory is
  * never handed out in a legacy one.  `remedy` ends the message ("" or a
  * way out the exporter offers). */
-int dlpack_check_readonly(int readonly, int versioned, const char *what,
+int mm_dlpack_check_readonly(int readonly, int versioned, const char *what,
                           const char *remedy)
 {
     if (readonly && !versioned) {
@@ -346,7 +346,7 @@ int dlpack_check_readonly(int readonly, int versioned, const char *what,
  * does besides counting, e.g. a release deferred until the last export). */
 static void buffer_unexport(PyObject *owner)
 {
-    buffer_export_ended((BufferObject *)owner);
+    mm_buffer_export_ended((BufferObject *)owner);
 }
 
 static const mm_dl_device cpu_device = {MM_DL_CPU, 0};
@@ -388,7 +388,7 @@ static int buffer_export_device(BufferObject *self, const mm_dlpack_request *req
         here.device_type = (mm_dl_device_type)req->device_type;
         here.device_id = (int32_t)req->device_id;
     }
-    if (dlpack_check_device(req, here, "buffer") < 0) {
+    if (mm_dlpack_check_device(req, here, "buffer") < 0) {
         return -1;
     }
     if (req->stream != NULL) {
@@ -411,7 +411,7 @@ static int buffer_export_device(BufferObject *self, const mm_dlpack_request *req
 /* A fresh, writable PyAlloc buffer with the same bytes (copy=True). */
 static PyObject *copy_of(BufferObject *self)
 {
-    mm_state *st = buffer_state(self);
+    mm_state *st = mm_buffer_state(self);
     if (st == NULL) {
         return NULL;
     }
@@ -426,7 +426,7 @@ static PyObject *copy_of(BufferObject *self)
                                            self->nbytes, (Py_ssize_t)1);
     /* Allocating may have run the collector, and with it arbitrary code
      * that released this buffer: look again before reading it. */
-    if (copy == NULL || buffer_check_host_access(self) < 0) {
+    if (copy == NULL || mm_buffer_check_host_access(self) < 0) {
         Py_XDECREF(copy);
         return NULL;
     }
@@ -443,8 +443,8 @@ static PyObject *copy_of(BufferObject *self)
     Py_BEGIN_ALLOW_THREADS
     memcpy(target, self->data, (size_t)self->nbytes);
     Py_END_ALLOW_THREADS
-    buffer_export_ended((BufferObject *)copy);
-    buffer_export_ended(self);   /* may finish a release __exit__ deferred */
+    mm_buffer_export_ended((BufferObject *)copy);
+    mm_buffer_export_ended(self);   /* may finish a release __exit__ deferred */
     return copy;
 }
 
@@ -463,10 +463,10 @@ static PyObject *export_buffer(BufferObject *source, mm_dl_device device,
     /* Counted before anything can run the collector, so that code run
      * meanwhile cannot release the memory the capsule points to. */
     source->exports++;
-    return dlpack_capsule_new(&src, versioned);
+    return mm_dlpack_capsule_new(&src, versioned);
 }
 
-PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
+PyObject *mm_buffer_dlpack(PyObject *op, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames)
 {
     BufferObject *self = (BufferObject *)op;
@@ -474,8 +474,8 @@ PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
     mm_dl_device device;
     /* Parse first (may run __index__ or __bool__), then look at the buffer;
      * nothing after this runs Python code before the export is counted. */
-    if (dlpack_parse_request("__dlpack__", args, nargs, kwnames, &req) < 0 ||
-        buffer_check_live(self) < 0 ||
+    if (mm_dlpack_parse_request("__dlpack__", args, nargs, kwnames, &req) < 0 ||
+        mm_buffer_check_live(self) < 0 ||
         buffer_export_device(self, &req, &device) < 0) {
         return NULL;
     }
@@ -483,7 +483,7 @@ PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
         /* The copy is ordinary host memory (device memory is refused by
          * copy_of): only a CPU request, without a stream, fits it. */
         if (!self->host_inaccessible) {
-            if (dlpack_check_device(&req, cpu_device, "copy") < 0) {
+            if (mm_dlpack_check_device(&req, cpu_device, "copy") < 0) {
                 return NULL;
             }
             if (req.stream != NULL) {
@@ -501,17 +501,17 @@ PyObject *buffer_dlpack(PyObject *op, PyObject *const *args,
         Py_DECREF(copy);   /* the capsule holds it now */
         return capsule;
     }
-    if (dlpack_check_readonly(self->readonly, req.versioned, "buffer",
+    if (mm_dlpack_check_readonly(self->readonly, req.versioned, "buffer",
                               " (or pass copy=True)") < 0) {
         return NULL;
     }
     return export_buffer(self, device, 0, req.versioned);
 }
 
-PyObject *buffer_dlpack_device(PyObject *op, PyObject *Py_UNUSED(unused))
+PyObject *mm_buffer_dlpack_device(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     BufferObject *self = (BufferObject *)op;
-    if (buffer_check_live(self) < 0) {
+    if (mm_buffer_check_live(self) < 0) {
         return NULL;
     }
     mm_dl_device device = buffer_device(self);

@@ -96,7 +96,7 @@ static inline int mm_mul_overflow(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *produc
 /* What malloc guarantees: the alignment of a request that asks for none. */
 #define MM_DEFAULT_ALIGNMENT ((size_t)16)
 
-/* init_byte values understood by allocator_alloc_block(). */
+/* init_byte values understood by mm_allocator_alloc_block(). */
 #define INIT_UNINITIALISED (-1)
 
 /* ------------------------------------------------------------------ */
@@ -151,19 +151,19 @@ typedef struct {
     PyObject *str_owner;
     PyTypeObject *device_view_type;
     PyObject *cuda_driver;     /* capsule: the CUDA loader, loaded at first use */
-    /* allocator_lookup's memory of the last name it found and what it
+    /* mm_allocator_lookup's memory of the last name it found and what it
      * named (both strong); forgotten by every change to `allocators`
-     * (allocator_registry_set). */
+     * (mm_allocator_registry_set). */
     PyObject *last_allocator_name;
     PyObject *last_allocator;
-    /* parse_options' memory of the last keyword-name tuple, one for the
+    /* mm_parse_options' memory of the last keyword-name tuple, one for the
      * constructor's names and one for consume()'s (buffer_args.c). */
     mm_kwnames_cache kwnames_cache[2];
     int debug;                 /* MEMMANAGER_DEBUG was set at import */
     mm_interp *interp;         /* the interpreter this module instance is in */
 } mm_state;
 
-extern PyModuleDef memmanager_module_def;
+extern PyModuleDef mm_module_def;
 
 mm_state *mm_state_from_type(PyTypeObject *type);
 
@@ -185,8 +185,8 @@ typedef struct AllocatorObject AllocatorObject;
 
 /* What one allocation asks for: the sizes, the init byte and the options
  * of the allocator kind, parsed and checked before anything is allocated.
- * Each kind's parse_options sets the fields it uses; the rest keep the
- * defaults of allocator_parse_options(). */
+ * Each kind's mm_parse_options sets the fields it uses; the rest keep the
+ * defaults of mm_allocator_parse_options(). */
 typedef struct {
     Py_ssize_t num_items;
     Py_ssize_t item_size;
@@ -266,7 +266,7 @@ typedef struct mm_device_hooks {
     int (*fill)(AllocatorObject *alloc, void *ptr, int byte, size_t size);
 } mm_device_hooks;
 
-extern PyType_Spec allocator_type_spec;
+extern PyType_Spec mm_allocator_type_spec;
 extern const MemManagerAllocator mm_pyalloc_vtable;
 extern const MemManagerAllocator mm_cmalloc_vtable;
 extern const MemManagerAllocator mm_borrowed_vtable;
@@ -277,24 +277,24 @@ extern const mm_allocator_ops mm_shm_ops;
 extern const mm_allocator_ops mm_python_ops;
 
 /* allocator.c */
-AllocatorObject *allocator_new(mm_state *st, const char *name,
+AllocatorObject *mm_allocator_new(mm_state *st, const char *name,
                                const mm_allocator_ops *ops,
                                const MemManagerAllocator *vtable,
                                PyObject *keeper);
-int allocator_register_builtins(mm_state *st);
-AllocatorObject *allocator_lookup(mm_state *st, PyObject *name);
-int allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc);
-void allocator_registry_clear(mm_state *st);
-int allocator_check_options(AllocatorObject *alloc, PyObject *options);
-int allocator_refuse_options(AllocatorObject *alloc, PyObject *options,
+int mm_allocator_register_builtins(mm_state *st);
+AllocatorObject *mm_allocator_lookup(mm_state *st, PyObject *name);
+int mm_allocator_registry_set(mm_state *st, PyObject *name, AllocatorObject *alloc);
+void mm_allocator_registry_clear(mm_state *st);
+int mm_allocator_check_options(AllocatorObject *alloc, PyObject *options);
+int mm_allocator_refuse_options(AllocatorObject *alloc, PyObject *options,
                              mm_request *req);
-int allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
+int mm_allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
                                 Py_ssize_t num_items, Py_ssize_t item_size,
                                 int init_byte, mm_request *req);
 
 /* The request for an allocation.  Inline for the hot path: a vtable
  * allocator (PyAlloc, CMalloc) given no options reads nothing else. */
-static inline int allocator_parse_options(AllocatorObject *alloc, PyObject *options,
+static inline int mm_allocator_parse_options(AllocatorObject *alloc, PyObject *options,
                                           Py_ssize_t num_items, Py_ssize_t item_size,
                                           int init_byte, mm_request *req)
 {
@@ -302,19 +302,19 @@ static inline int allocator_parse_options(AllocatorObject *alloc, PyObject *opti
         req->alignment = MM_DEFAULT_ALIGNMENT;
         return 0;
     }
-    return allocator_parse_any_options(alloc, options, num_items, item_size,
+    return mm_allocator_parse_any_options(alloc, options, num_items, item_size,
                                        init_byte, req);
 }
-int allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
+int mm_allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
                           size_t size, int init_byte, mm_block *out);
-int allocator_consume_block(AllocatorObject *alloc, PyObject *source,
+int mm_allocator_consume_block(AllocatorObject *alloc, PyObject *source,
                             size_t size, PyObject *options, mm_block *out);
-void allocator_free_block(AllocatorObject *alloc, mm_block *block);
-void allocator_track(AllocatorObject *alloc, mm_block *block);
-int allocator_visit_block(AllocatorObject *alloc, void *cookie,
+void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block);
+void mm_allocator_track(AllocatorObject *alloc, mm_block *block);
+int mm_allocator_visit_block(AllocatorObject *alloc, void *cookie,
                           visitproc visit, void *arg);
-void option_get(PyObject *options, const char *key, PyObject **value);
-int option_refuse_others(AllocatorObject *alloc, PyObject *options,
+void mm_option_get(PyObject *options, const char *key, PyObject **value);
+int mm_option_refuse_others(AllocatorObject *alloc, PyObject *options,
                          const char *const *known);
 
 /* allocator_mmap.c: page mappings shared by Mmap, Aligned, SharedMemory. */
@@ -335,25 +335,25 @@ typedef struct mm_shm_link {
     int listed;                        /* not unlinked yet */
     const char *posix_name;            /* the cookie's, "/..." */
 } mm_shm_link;
-int shm_tracker_ensure(void);          /* GIL; before creating; raises */
-void shm_tracker_created(mm_shm_link *link);   /* GIL; no Python */
-void shm_tracker_forget(mm_shm_link *link);    /* any thread; unlinks */
-PyObject *shm_unlink_at_exit(PyObject *module, PyObject *arg);
+int mm_shm_tracker_ensure(void);          /* GIL; before creating; raises */
+void mm_shm_tracker_created(mm_shm_link *link);   /* GIL; no Python */
+void mm_shm_tracker_forget(mm_shm_link *link);    /* any thread; unlinks */
+PyObject *mm_shm_unlink_at_exit(PyObject *module, PyObject *arg);
 
 /* allocator_shm.c */
-PyObject *buffer_attach(PyObject *cls, PyObject *const *args,
+PyObject *mm_buffer_attach(PyObject *cls, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
-PyObject *buffer_get_name(PyObject *op, void *closure);
+PyObject *mm_buffer_get_name(PyObject *op, void *closure);
 
 /* allocator_plugin.c */
-PyObject *allocator_register_plugin(mm_state *st, PyObject *name, PyObject *impl);
+PyObject *mm_allocator_register_plugin(mm_state *st, PyObject *name, PyObject *impl);
 
 /* allocator_debug.c */
-size_t debug_guard_front(size_t alignment);
+size_t mm_debug_guard_front(size_t alignment);
 #define DEBUG_GUARD_BACK ((size_t)64)
-void debug_write_guards(char *base, size_t front, size_t size);
-void debug_check_guards(AllocatorObject *alloc, const mm_block *block);
-void debug_check_registry(const char *after);
+void mm_debug_write_guards(char *base, size_t front, size_t size);
+void mm_debug_check_guards(AllocatorObject *alloc, const mm_block *block);
+void mm_debug_check_registry(const char *after);
 
 /* ------------------------------------------------------------------ */
 /* Buffer                                                              */
@@ -373,7 +373,7 @@ typedef struct {
     PyObject *weakreflist;
     PyObject *views;          /* dict: view name -> entry (views.c), or NULL */
     region_node node;         /* this buffer's entry in the live-region registry */
-    uint64_t identifier;      /* unique for the process's life (buffer_alloc_object) */
+    uint64_t identifier;      /* unique for the process's life (mm_buffer_alloc_object) */
     struct mm_device_state *device; /* GPU mappings (cuda_device.c), or NULL */
     /* One-shot region requested by region(): consumed by the next getbuffer. */
     Py_ssize_t pending_offset;
@@ -396,36 +396,36 @@ typedef struct {
     size_t block_guard;
 } BufferObject;
 
-extern PyType_Spec buffer_type_spec;
+extern PyType_Spec mm_buffer_type_spec;
 
 /* buffer.c */
-PyObject *buffer_create(PyTypeObject *type, PyObject *const *args,
+PyObject *mm_buffer_create(PyTypeObject *type, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
-int buffer_finish_type(mm_state *st, PyTypeObject *type);
-extern PyMethodDef buffer_class_methods[];
-int buffer_register_region(mm_state *st, BufferObject *self);
-void buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
+int mm_buffer_finish_type(mm_state *st, PyTypeObject *type);
+extern PyMethodDef mm_buffer_class_methods[];
+int mm_buffer_register_region(mm_state *st, BufferObject *self);
+void mm_buffer_adopt_block(BufferObject *self, AllocatorObject *alloc,
                         const mm_block *block);
-int buffer_release_memory(BufferObject *self);
-int buffer_check_live(BufferObject *self);
-PyObject *buffer_identifier(BufferObject *self);   /* a new int */
-int buffer_check_writable(BufferObject *self);
-int buffer_check_host_access(BufferObject *self);
-int buffer_finish_construction(mm_state *st, BufferObject *self,
+int mm_buffer_release_memory(BufferObject *self);
+int mm_buffer_check_live(BufferObject *self);
+PyObject *mm_buffer_identifier(BufferObject *self);   /* a new int */
+int mm_buffer_check_writable(BufferObject *self);
+int mm_buffer_check_host_access(BufferObject *self);
+int mm_buffer_finish_construction(mm_state *st, BufferObject *self,
                                PyObject *death_stub, int delayed_gc);
-mm_state *buffer_state(BufferObject *self);
-PyObject *buffer_release_method(PyObject *self, PyObject *unused);
-void buffer_run_death_stub(BufferObject *self);
+mm_state *mm_buffer_state(BufferObject *self);
+PyObject *mm_buffer_release_method(PyObject *self, PyObject *unused);
+void mm_buffer_run_death_stub(BufferObject *self);
 /* Every exporter calls this (GIL held) when one of its exports of self
  * ends, instead of decrementing exports itself: the last one finishes a
  * release that __exit__ deferred. */
-void buffer_export_ended(BufferObject *self);
+void mm_buffer_export_ended(BufferObject *self);
 
 /* buffer_args.c: values parsed from (options mapping, keywords). */
 typedef struct {
     Py_ssize_t num_items;
     Py_ssize_t item_size;
-    /* Strong (NULL: not given), released by buffer_args_clear: Python
+    /* Strong (NULL: not given), released by mm_buffer_args_clear: Python
      * code that runs before they are used (a __bool__, a plug-in) may
      * empty the mapping or the list they came from.  Whoever keeps one
      * beyond the call takes its own reference. */
@@ -436,72 +436,72 @@ typedef struct {
     PyObject *copy;           /* consume only */
     PyObject *readonly;       /* consume only */
     PyObject *owner;          /* consume only */
-    /* Strong, released by buffer_args_clear. */
+    /* Strong, released by mm_buffer_args_clear. */
     PyObject *items;          /* list: the options mapping's items while
-                                 they are read (NULL after parse_options) */
+                                 they are read (NULL after mm_parse_options) */
     PyObject *extra;          /* dict of the remaining (allocator) options:
                                  exact str keys, private, untracked */
 } buffer_args;
 
 /* buffer.c: a new, empty buffer object of the sizes in a. */
-BufferObject *buffer_alloc_object(PyTypeObject *type, const buffer_args *a);
+BufferObject *mm_buffer_alloc_object(PyTypeObject *type, const buffer_args *a);
 
-int unpack_arguments(const char *funcname, PyObject *const *args,
+int mm_unpack_arguments(const char *funcname, PyObject *const *args,
                      Py_ssize_t nargs, PyObject *kwnames,
                      const char *const *names, Py_ssize_t max_positional,
                      PyObject **out);
-int parse_size(PyObject *obj, const char *what, Py_ssize_t *out);
-int parse_sizes(PyObject *n_obj, PyObject *s_obj, buffer_args *a);
-int parse_init_value(PyObject *value, int *init_byte);
-int parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
+int mm_parse_size(PyObject *obj, const char *what, Py_ssize_t *out);
+int mm_parse_sizes(PyObject *n_obj, PyObject *s_obj, buffer_args *a);
+int mm_parse_init_value(PyObject *value, int *init_byte);
+int mm_parse_options(mm_state *st, PyObject *options, PyObject *const *kwvalues,
                   PyObject *kwnames, int accept_consume_keys, buffer_args *a);
-int parse_flag(PyObject *value, int default_value);
-void buffer_args_clear(buffer_args *a);
-void buffer_args_forget_kwnames(mm_state *st);   /* at module clear */
+int mm_parse_flag(PyObject *value, int default_value);
+void mm_buffer_args_clear(buffer_args *a);
+void mm_buffer_args_forget_kwnames(mm_state *st);   /* at module clear */
 
 /* buffer_access.c */
-int buffer_getbuffer(PyObject *op, Py_buffer *view, int flags);
-void buffer_releasebuffer(PyObject *op, Py_buffer *view);
-Py_ssize_t buffer_length(PyObject *op);
-PyObject *buffer_item(PyObject *op, Py_ssize_t index);
-PyObject *buffer_subscript(PyObject *op, PyObject *key);
-int buffer_ass_subscript(PyObject *op, PyObject *key, PyObject *value);
-PyObject *buffer_extract_region(PyObject *self, PyObject *const *args,
+int mm_buffer_getbuffer(PyObject *op, Py_buffer *view, int flags);
+void mm_buffer_releasebuffer(PyObject *op, Py_buffer *view);
+Py_ssize_t mm_buffer_length(PyObject *op);
+PyObject *mm_buffer_item(PyObject *op, Py_ssize_t index);
+PyObject *mm_buffer_subscript(PyObject *op, PyObject *key);
+int mm_buffer_ass_subscript(PyObject *op, PyObject *key, PyObject *value);
+PyObject *mm_buffer_extract_region(PyObject *self, PyObject *const *args,
                                 Py_ssize_t nargs, PyObject *kwnames);
-PyObject *buffer_region(PyObject *self, PyObject *const *args,
+PyObject *mm_buffer_region(PyObject *self, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
 
 /* delayed_gc.c */
-int delayed_gc_pin(mm_state *st, BufferObject *self);
-int delayed_gc_unpin(mm_state *st, BufferObject *self);
-PyObject *delayed_gc_identifiers(mm_state *st);
-PyObject *delayed_gc_collect(mm_state *st, PyObject *identifiers);
-PyObject *delayed_gc_release_all(mm_state *st);
+int mm_delayed_gc_pin(mm_state *st, BufferObject *self);
+int mm_delayed_gc_unpin(mm_state *st, BufferObject *self);
+PyObject *mm_delayed_gc_identifiers(mm_state *st);
+PyObject *mm_delayed_gc_collect(mm_state *st, PyObject *identifiers);
+PyObject *mm_delayed_gc_release_all(mm_state *st);
 
 /* cached_classmethod.c */
-extern PyType_Spec cached_classmethod_spec;
-int install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *defs);
+extern PyType_Spec mm_cached_classmethod_spec;
+int mm_install_cached_classmethods(mm_state *st, PyTypeObject *owner, PyMethodDef *defs);
 
 /* consume.c */
-int consume_register_region(mm_state *st, BufferObject *self);
-int consume_visit_source(BufferObject *self, visitproc visit, void *arg);
-PyObject *buffer_consume(PyObject *cls, PyObject *const *args,
+int mm_consume_register_region(mm_state *st, BufferObject *self);
+int mm_consume_visit_source(BufferObject *self, visitproc visit, void *arg);
+PyObject *mm_buffer_consume(PyObject *cls, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames);
 
 /* views.c */
-extern PyType_Spec view_entry_type_spec;
-extern PyType_Spec view_export_type_spec;
+extern PyType_Spec mm_view_entry_type_spec;
+extern PyType_Spec mm_view_export_type_spec;
 /* The object a _ViewExport holds an export of (borrowed), or NULL when obj
  * is no _ViewExport. */
-PyObject *view_export_exporter(mm_state *st, PyObject *obj);
-PyObject *buffer_view_export(PyObject *self, PyObject *unused);
-int views_add_types(PyObject *module, mm_state *st);
-int buffer_views_traverse(BufferObject *self, visitproc visit, void *arg);
-void buffer_views_clear(BufferObject *self);
-PyObject *buffer_store_view(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
-PyObject *buffer_stored_view(PyObject *self, PyObject *name);
-PyObject *buffer_forget_view(PyObject *self, PyObject *name);
-PyObject *buffer_view_names(PyObject *self, PyObject *unused);
+PyObject *mm_view_export_exporter(mm_state *st, PyObject *obj);
+PyObject *mm_buffer_view_export(PyObject *self, PyObject *unused);
+int mm_views_add_types(PyObject *module, mm_state *st);
+int mm_buffer_views_traverse(BufferObject *self, visitproc visit, void *arg);
+void mm_buffer_views_clear(BufferObject *self);
+PyObject *mm_buffer_store_view(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mm_buffer_stored_view(PyObject *self, PyObject *name);
+PyObject *mm_buffer_forget_view(PyObject *self, PyObject *name);
+PyObject *mm_buffer_view_names(PyObject *self, PyObject *unused);
 
 /* dlpack.c: the one DLPack implementation, a capsule over any memory
  * (Buffer.__dlpack__ here, DeviceView.__dlpack__ in cuda_view.c). */
@@ -526,28 +526,28 @@ typedef struct {
     int copy;             /* -1: None, 0: False, 1: True */
 } mm_dlpack_request;
 
-int dlpack_parse_request(const char *funcname, PyObject *const *args,
+int mm_dlpack_parse_request(const char *funcname, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames,
                          mm_dlpack_request *out);
-int dlpack_check_device(const mm_dlpack_request *req, mm_dl_device here,
+int mm_dlpack_check_device(const mm_dlpack_request *req, mm_dl_device here,
                         const char *what);
-int dlpack_check_readonly(int readonly, int versioned, const char *what,
+int mm_dlpack_check_readonly(int readonly, int versioned, const char *what,
                           const char *remedy);
-PyObject *dlpack_capsule_new(const mm_dlpack_source *src, int versioned);
-PyObject *buffer_dlpack(PyObject *self, PyObject *const *args,
+PyObject *mm_dlpack_capsule_new(const mm_dlpack_source *src, int versioned);
+PyObject *mm_buffer_dlpack(PyObject *self, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
-PyObject *buffer_dlpack_device(PyObject *self, PyObject *unused);
+PyObject *mm_buffer_dlpack_device(PyObject *self, PyObject *unused);
 /* The GPU files (cuda_*.c; their shared header is cuda_driver.h) */
-extern PyType_Spec device_view_type_spec;
-int cuda_register_allocators(mm_state *st);
-PyObject *cuda_probe(PyObject *module, PyObject *unused);
-PyObject *cuda_reset(PyObject *module, PyObject *unused);
-PyObject *buffer_device_movement(PyObject *self, PyObject *const *args,
+extern PyType_Spec mm_device_view_type_spec;
+int mm_cuda_register_allocators(mm_state *st);
+PyObject *mm_cuda_probe(PyObject *module, PyObject *unused);
+PyObject *mm_cuda_reset(PyObject *module, PyObject *unused);
+PyObject *mm_buffer_device_movement(PyObject *self, PyObject *const *args,
                                  Py_ssize_t nargs, PyObject *kwnames);
-PyObject *buffer_device_mappings(PyObject *self, PyObject *unused);
-PyObject *buffer_device_view(PyObject *self, PyObject *const *args,
+PyObject *mm_buffer_device_mappings(PyObject *self, PyObject *unused);
+PyObject *mm_buffer_device_view(PyObject *self, PyObject *const *args,
                              Py_ssize_t nargs, PyObject *kwnames);
-void device_state_free(BufferObject *self);   /* never raises */
+void mm_device_state_free(BufferObject *self);   /* never raises */
 
 /* interpreters.c */
 int mm_interp_attach(mm_state *st);      /* module exec */
@@ -558,7 +558,7 @@ void mm_interp_unref(mm_interp *it);     /* any thread, no GIL needed */
 void mm_interp_call_soon(mm_interp *it, mm_interp_call *call);
 
 /* module.c */
-void raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,
+void mm_raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,
                    const region_info *other);
 
 #endif /* MEMMANAGER_INTERNAL_H */

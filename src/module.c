@@ -28,7 +28,7 @@
 
 mm_state *mm_state_from_type(PyTypeObject *type)
 {
-    PyObject *module = PyType_GetModuleByDef(type, &memmanager_module_def);
+    PyObject *module = PyType_GetModuleByDef(type, &mm_module_def);
     return module ? (mm_state *)PyModule_GetState(module) : NULL;
 }
 
@@ -37,7 +37,7 @@ static mm_state *module_state(PyObject *module)
     return (mm_state *)PyModule_GetState(module);
 }
 
-void raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,
+void mm_raise_overlap(mm_state *st, uintptr_t start, uintptr_t end,
                    const region_info *other)
 {
     char message[256];
@@ -77,7 +77,7 @@ static PyObject *mm_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
     region_stats total;
     ptrdiff_t n;
-    region_named_stats *per_name = region_registry_stats(&n, &total);
+    region_named_stats *per_name = mm_region_registry_stats(&n, &total);
     if (n < 0) {
         return PyErr_NoMemory();
     }
@@ -100,7 +100,7 @@ error:
 
 static PyObject *live_buffer_row(BufferObject *b)
 {
-    return Py_BuildValue("(NONnnO)", buffer_identifier(b),
+    return Py_BuildValue("(NONnnO)", mm_buffer_identifier(b),
                          b->allocator->name,
                          PyLong_FromVoidPtr(b->data), b->nbytes, b->exports,
                          b->pinned ? Py_True : Py_False);
@@ -126,7 +126,7 @@ static PyObject *mm_live_buffers(PyObject *module, PyObject *Py_UNUSED(a))
     mm_state *st = module_state(module);
     int collector_was_enabled = PyGC_Disable();
     ptrdiff_t count;
-    region_node **nodes = region_registry_nodes(&count);
+    region_node **nodes = mm_region_registry_nodes(&count);
     PyObject *rows = count < 0 ? PyErr_NoMemory() : PyList_New(0);
     for (ptrdiff_t i = 0; rows != NULL && i < count; i++) {
         BufferObject *b = node_buffer(nodes[i]);
@@ -151,7 +151,7 @@ static PyObject *mm_live_buffers(PyObject *module, PyObject *Py_UNUSED(a))
 
 static PyObject *mm_get_delayed_gc_objects(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    return delayed_gc_identifiers(module_state(module));
+    return mm_delayed_gc_identifiers(module_state(module));
 }
 
 static PyObject *mm_collect_delayed(PyObject *module, PyObject *const *args,
@@ -159,11 +159,11 @@ static PyObject *mm_collect_delayed(PyObject *module, PyObject *const *args,
 {
     static const char *const names[] = {"identifiers", NULL};
     PyObject *identifiers;
-    if (unpack_arguments("collect_delayed", args, nargs, kwnames, names, 1,
+    if (mm_unpack_arguments("collect_delayed", args, nargs, kwnames, names, 1,
                          &identifiers) < 0) {
         return NULL;
     }
-    return delayed_gc_collect(module_state(module), identifiers);
+    return mm_delayed_gc_collect(module_state(module), identifiers);
 }
 
 static PyObject *mm_allocators(PyObject *module, PyObject *Py_UNUSED(a))
@@ -179,23 +179,23 @@ static PyObject *mm_register_allocator(PyObject *module, PyObject *const *args,
                      "_register_allocator() takes name and impl (%zd given)", nargs);
         return NULL;
     }
-    return allocator_register_plugin(module_state(module), args[0], args[1]);
+    return mm_allocator_register_plugin(module_state(module), args[0], args[1]);
 }
 
 static PyObject *mm_release_pinned_at_exit(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    return delayed_gc_release_all(module_state(module));
+    return mm_delayed_gc_release_all(module_state(module));
 }
 
 static PyObject *mm_registry_locking(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
-    return PyBool_FromLong(region_registry_locking());
+    return PyBool_FromLong(mm_region_registry_locking());
 }
 
 static PyObject *mm_registry_check(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
     const char *why = NULL;
-    ptrdiff_t count = region_registry_check(&why);
+    ptrdiff_t count = mm_region_registry_check(&why);
     if (count < 0) {
         PyErr_Format(PyExc_AssertionError, "region registry corrupt: %s", why);
         return NULL;
@@ -213,11 +213,11 @@ static PyObject *mm_registry_spin(PyObject *Py_UNUSED(module), PyObject *arg)
         return NULL;
     }
     Py_ssize_t found = 0;
-    region_registry_use_without_gil();
+    mm_region_registry_use_without_gil();
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < iterations; i++) {
         region_info ignored;
-        found += region_registry_find_overlap(0, 1, &ignored);
+        found += mm_region_registry_find_overlap(0, 1, &ignored);
     }
     Py_END_ALLOW_THREADS
     return PyLong_FromSsize_t(found);
@@ -254,7 +254,7 @@ static PyMethodDef module_methods[] = {
      "Register a plug-in allocator; returns its Allocator object."},
     {"_release_pinned_at_exit", mm_release_pinned_at_exit, METH_NOARGS,
      "_release_pinned_at_exit()\n--\n\nRelease every pinned buffer (atexit)."},
-    {"_shm_unlink_at_exit", shm_unlink_at_exit, METH_NOARGS,
+    {"_shm_unlink_at_exit", mm_shm_unlink_at_exit, METH_NOARGS,
      "_shm_unlink_at_exit()\n--\n\nUnlink the SharedMemory names this interpreter "
      "created and still holds (atexit); returns how many."},
     {"_registry_check", mm_registry_check, METH_NOARGS,
@@ -262,10 +262,10 @@ static PyMethodDef module_methods[] = {
     {"_registry_locking", mm_registry_locking, METH_NOARGS,
      "_registry_locking()\n--\n\n"
      "Whether the registry takes its lock (something used it without the GIL)."},
-    {"_cuda_probe", cuda_probe, METH_NOARGS,
+    {"_cuda_probe", mm_cuda_probe, METH_NOARGS,
      "_cuda_probe()\n--\n\n(device_count, reason, library, driver_version), loading\n"
      "the CUDA driver if needed; reason is None when a GPU is usable."},
-    {"_cuda_reset", cuda_reset, METH_NOARGS,
+    {"_cuda_reset", mm_cuda_reset, METH_NOARGS,
      "_cuda_reset()\n--\n\nForget the loaded CUDA driver (re-read "
      "MEMMANAGER_CUDA_LIBRARY at\nnext use); existing buffers keep theirs. For tests."},
     {"_registry_spin", mm_registry_spin, METH_O,
@@ -329,16 +329,16 @@ static int add_exceptions(PyObject *module, mm_state *st)
 static int add_types(PyObject *module, mm_state *st)
 {
     st->allocator_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &allocator_type_spec, NULL);
+        module, &mm_allocator_type_spec, NULL);
     st->cached_classmethod_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &cached_classmethod_spec, NULL);
+        module, &mm_cached_classmethod_spec, NULL);
     st->buffer_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &buffer_type_spec, NULL);
+        module, &mm_buffer_type_spec, NULL);
     st->device_view_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &device_view_type_spec, NULL);
+        module, &mm_device_view_type_spec, NULL);
     if (st->allocator_type == NULL || st->cached_classmethod_type == NULL ||
         st->buffer_type == NULL || st->device_view_type == NULL ||
-        buffer_finish_type(st, st->buffer_type) < 0) {
+        mm_buffer_finish_type(st, st->buffer_type) < 0) {
         return -1;
     }
     if (PyModule_AddType(module, st->buffer_type) < 0 ||
@@ -373,23 +373,23 @@ static int module_exec(PyObject *module)
     mm_state *st = module_state(module);
     const char *debug = getenv("MEMMANAGER_DEBUG");
     st->debug = debug != NULL && debug[0] != '\0' && debug[0] != '0';
-    if (region_registry_init() < 0) {
+    if (mm_region_registry_init() < 0) {
         PyErr_SetString(PyExc_RuntimeError, "cannot install the registry's fork handlers");
         return -1;
     }
     /* The registry is process-wide: in a subinterpreter, which may have a
      * GIL of its own, the GIL no longer keeps every caller out. */
     if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
-        region_registry_use_without_gil();
+        mm_region_registry_use_without_gil();
     }
     if (mm_interp_attach(st) < 0 || intern_option_names(st) < 0 ||
         add_exceptions(module, st) < 0 || add_types(module, st) < 0 ||
-        views_add_types(module, st) < 0) {
+        mm_views_add_types(module, st) < 0) {
         return -1;
     }
     if ((st->allocators = PyDict_New()) == NULL ||
         (st->pinned = PyDict_New()) == NULL ||
-        allocator_register_builtins(st) < 0) {
+        mm_allocator_register_builtins(st) < 0) {
         return -1;
     }
     if (PyModule_AddIntConstant(module, "TRACEMALLOC_DOMAIN",
@@ -458,8 +458,8 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->str_copy);
     Py_CLEAR(st->str_readonly);
     Py_CLEAR(st->str_owner);
-    allocator_registry_clear(st);
-    buffer_args_forget_kwnames(st);
+    mm_allocator_registry_clear(st);
+    mm_buffer_args_forget_kwnames(st);
     Py_CLEAR(st->default_allocator);
     Py_CLEAR(st->MemManagerError);
     Py_CLEAR(st->UnknownAllocatorError);
@@ -489,7 +489,7 @@ static PyModuleDef_Slot module_slots[] = {
     {0, NULL},
 };
 
-PyModuleDef memmanager_module_def = {
+PyModuleDef mm_module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "memmanager._core",
     .m_doc = "The C core of memmanager: Buffer, allocators, the region registry.",
@@ -503,5 +503,5 @@ PyModuleDef memmanager_module_def = {
 
 PyMODINIT_FUNC PyInit__core(void)
 {
-    return PyModuleDef_Init(&memmanager_module_def);
+    return PyModuleDef_Init(&mm_module_def);
 }

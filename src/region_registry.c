@@ -15,7 +15,7 @@
  * A waiter yields the CPU after a short spin.
  *
  * Every caller holds the GIL, except code that has said, through
- * region_registry_use_without_gil() (with the GIL held), that it will
+ * mm_region_registry_use_without_gil() (with the GIL held), that it will
  * come without it.  Until something has, the GIL alone keeps callers out
  * of each other's way, and the lock is not taken: its atomic exchange, two
  * per buffer created and destroyed, is about 9 ns, an eighth of adopting
@@ -118,7 +118,7 @@ static int lock_registry(void)
     return locking;
 }
 
-int region_registry_locking(void)
+int mm_region_registry_locking(void)
 {
     return __atomic_load_n(&registry_locking, __ATOMIC_ACQUIRE);
 }
@@ -130,7 +130,7 @@ static void unlock_registry(int locked)
     }
 }
 
-void region_registry_use_without_gil(void)
+void mm_region_registry_use_without_gil(void)
 {
     __atomic_store_n(&registry_locking, 1, __ATOMIC_RELEASE);
 }
@@ -143,7 +143,7 @@ static void install_fork_handlers(void)
         pthread_atfork(take_spinlock, give_back_spinlock, give_back_spinlock) == 0;
 }
 
-int region_registry_init(void)
+int mm_region_registry_init(void)
 {
     pthread_once(&registry_once, install_fork_handlers);
     return registry_fork_handlers_ok ? 0 : -1;
@@ -443,7 +443,7 @@ static void stats_sub(region_stats *s, uint64_t nbytes)
 /* Public operations                                                   */
 /* ------------------------------------------------------------------ */
 
-int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
+int mm_region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
                            uint64_t owner_id, int stats_slot,
                            region_info *conflict)
 {
@@ -467,7 +467,7 @@ int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
     return 0;
 }
 
-int region_registry_insert_shared(region_node *node, uintptr_t start,
+int mm_region_registry_insert_shared(region_node *node, uintptr_t start,
                                   uintptr_t end, uint64_t owner_id,
                                   int stats_slot, const region_node *exporter,
                                   region_info *conflict)
@@ -499,7 +499,7 @@ int region_registry_insert_shared(region_node *node, uintptr_t start,
     return 0;
 }
 
-void region_registry_remove(region_node *node)
+void mm_region_registry_remove(region_node *node)
 {
     int locked = lock_registry();
     if (node->linked) {
@@ -516,7 +516,7 @@ void region_registry_remove(region_node *node)
     unlock_registry(locked);
 }
 
-int region_registry_find_overlap(uintptr_t start, uintptr_t end,
+int mm_region_registry_find_overlap(uintptr_t start, uintptr_t end,
                                  region_info *conflict)
 {
     int locked = lock_registry();
@@ -528,7 +528,7 @@ int region_registry_find_overlap(uintptr_t start, uintptr_t end,
     return other != NULL;
 }
 
-int region_registry_find_any_overlap(uintptr_t start, uintptr_t end,
+int mm_region_registry_find_any_overlap(uintptr_t start, uintptr_t end,
                                      region_info *conflict)
 {
     int locked = lock_registry();
@@ -609,7 +609,7 @@ static int stats_reserve(void)
     return 0;
 }
 
-int region_registry_stats_slot(const char *name, size_t length)
+int mm_region_registry_stats_slot(const char *name, size_t length)
 {
     int slot = -1;
     uint64_t hash = name_hash(name, length);
@@ -639,7 +639,7 @@ int region_registry_stats_slot(const char *name, size_t length)
     return slot;
 }
 
-region_named_stats *region_registry_stats(ptrdiff_t *count, region_stats *total)
+region_named_stats *mm_region_registry_stats(ptrdiff_t *count, region_stats *total)
 {
     region_named_stats *out = NULL;
     ptrdiff_t written = 0;
@@ -677,7 +677,7 @@ static void collect_nodes(region_node *t, region_node **out, ptrdiff_t *n)
     }
 }
 
-region_node **region_registry_nodes(ptrdiff_t *count)
+region_node **mm_region_registry_nodes(ptrdiff_t *count)
 {
     int locked = lock_registry();
     region_node **nodes = NULL;
@@ -777,7 +777,7 @@ static int check_shared(const region_node *t, const region_node **last,
     return check_shared(t->right, last, count, why);
 }
 
-ptrdiff_t region_registry_check(const char **why)
+ptrdiff_t mm_region_registry_check(const char **why)
 {
     uintptr_t last_end = 0;
     ptrdiff_t count = 0, shared_count = 0;

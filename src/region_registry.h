@@ -24,7 +24,7 @@
  * paths may release the GIL; it never calls into Python while holding it.
  * Per-allocator statistics live here too, updated under the same lock.
  * Code that calls in without the GIL must first call
- * region_registry_use_without_gil() with the GIL held: until then the GIL
+ * mm_region_registry_use_without_gil() with the GIL held: until then the GIL
  * is all the exclusion the callers need, and the lock is left untaken.
  */
 #ifndef MEMMANAGER_REGION_REGISTRY_H
@@ -62,7 +62,7 @@ typedef struct {
     uint64_t allocated_bytes;
 } region_stats;
 
-/* One allocator name's counters, as region_registry_stats() copies them.
+/* One allocator name's counters, as mm_region_registry_stats() copies them.
  * `name` is the registry's own NUL-terminated copy, which lives as long
  * as the process (slots are never freed). */
 typedef struct {
@@ -71,65 +71,65 @@ typedef struct {
 } region_named_stats;
 
 /* Sets up the lock and fork handlers once per process; 0 on success. */
-int region_registry_init(void);
+int mm_region_registry_init(void);
 
 /* From now on every caller takes the lock, so that the caller of this
  * function (which must hold the GIL now) may call in without the GIL. */
-void region_registry_use_without_gil(void);
+void mm_region_registry_use_without_gil(void);
 
-/* 1 once region_registry_use_without_gil() has been called. */
-int region_registry_locking(void);
+/* 1 once mm_region_registry_use_without_gil() has been called. */
+int mm_region_registry_locking(void);
 
 /* Inserts node for an owned [start, end) unless it overlaps a live owned
  * region, in which case 1 is returned and *conflict describes that region.
  * 0 on success.  (Non-owning regions do not stand in its way.) */
-int region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
+int mm_region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
                            uint64_t owner_id, int stats_slot,
                            region_info *conflict);
 
 /* Inserts node for a non-owning [start, end).  It may overlap any other
  * non-owning region, and of the owned ones only `exporter` (the owned
  * region of the buffer whose export the new buffer holds; NULL for none).
- * Otherwise as region_registry_insert. */
-int region_registry_insert_shared(region_node *node, uintptr_t start,
+ * Otherwise as mm_region_registry_insert. */
+int mm_region_registry_insert_shared(region_node *node, uintptr_t start,
                                   uintptr_t end, uint64_t owner_id,
                                   int stats_slot, const region_node *exporter,
                                   region_info *conflict);
 
 /* Removes a linked node; a node that is not linked is left alone. */
-void region_registry_remove(region_node *node);
+void mm_region_registry_remove(region_node *node);
 
 /* 1 and *conflict filled when [start, end) overlaps a live owned region,
  * else 0. */
-int region_registry_find_overlap(uintptr_t start, uintptr_t end,
+int mm_region_registry_find_overlap(uintptr_t start, uintptr_t end,
                                  region_info *conflict);
 
 /* The same over every live region, owned or not: what must be free before
  * ownership of [start, end) is taken. */
-int region_registry_find_any_overlap(uintptr_t start, uintptr_t end,
+int mm_region_registry_find_any_overlap(uintptr_t start, uintptr_t end,
                                      region_info *conflict);
 
 /* Stats slot for an allocator name of `length` bytes (no NUL inside),
  * created on first use; the table grows with the names (memory is the
  * only limit).  -1 when out of memory. */
-int region_registry_stats_slot(const char *name, size_t length);
+int mm_region_registry_stats_slot(const char *name, size_t length);
 
 /* Copies the counters of every slot that has been used into a
  * PyMem_RawMalloc'd array (caller frees), its length in *count; NULL with
  * *count == 0 when none was used, or with *count == -1 when out of memory.
  * *total receives the process-wide counters. */
-region_named_stats *region_registry_stats(ptrdiff_t *count, region_stats *total);
+region_named_stats *mm_region_registry_stats(ptrdiff_t *count, region_stats *total);
 
 /* Snapshot of the nodes of all live regions (owned ones in address
  * order, then the non-owning ones in address order).  Returns
  * a PyMem_RawMalloc'd array (caller frees) and its length in *count;
  * NULL with *count == 0 when empty or out of memory (*count == -1).  The
  * nodes are only valid while nothing can remove them (module.c). */
-region_node **region_registry_nodes(ptrdiff_t *count);
+region_node **mm_region_registry_nodes(ptrdiff_t *count);
 
 /* Checks both trees (order, disjointness of owned regions, max_end of the
  * shared ones, heap order, parent links) and the node count; returns
  * the number of live regions, or -1 with a message in *why. */
-ptrdiff_t region_registry_check(const char **why);
+ptrdiff_t mm_region_registry_check(const char **why);
 
 #endif /* MEMMANAGER_REGION_REGISTRY_H */

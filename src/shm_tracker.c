@@ -2,8 +2,8 @@
  * shm_tracker.c -- who unlinks a SharedMemory name, whatever way its
  * creator ends.
  *
- *   created -> shm_tracker_created(link)   listed; b"R<name>" to the tracker
- *   dies    -> shm_tracker_forget(link)    unlisted; unlinked; b"U<name>"
+ *   created -> mm_shm_tracker_created(link)   listed; b"R<name>" to the tracker
+ *   dies    -> mm_shm_tracker_forget(link)    unlisted; unlinked; b"U<name>"
  *   exits   -> _shm_unlink_at_exit()       every listed name of this
  *                                          interpreter unlinked, even while
  *                                          exports keep its buffer alive
@@ -243,7 +243,7 @@ static int respawn_locked(void)
     return 0;
 }
 
-int shm_tracker_ensure(void)
+int mm_shm_tracker_ensure(void)
 {
     (void)pthread_once(&atfork_once, install_atfork);
     pthread_mutex_lock(&tracker_lock);
@@ -292,7 +292,7 @@ int shm_tracker_ensure(void)
 /* The list                                                            */
 /* ------------------------------------------------------------------ */
 
-void shm_tracker_created(mm_shm_link *link)
+void mm_shm_tracker_created(mm_shm_link *link)
 {
     PyInterpreterState *interp = PyInterpreterState_Get();
     link->creator = getpid();
@@ -329,7 +329,7 @@ static void unlist_locked(mm_shm_link *link)
 
 /* Unlinks the name when this process created it and has not unlinked it
  * yet.  Never calls into Python: may run without the GIL. */
-void shm_tracker_forget(mm_shm_link *link)
+void mm_shm_tracker_forget(mm_shm_link *link)
 {
     pthread_mutex_lock(&tracker_lock);
     if (link->listed) {
@@ -344,7 +344,7 @@ void shm_tracker_forget(mm_shm_link *link)
 
 /* _shm_unlink_at_exit(): the memory stays mapped for whoever still uses
  * it; only the names go. */
-PyObject *shm_unlink_at_exit(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
+PyObject *mm_shm_unlink_at_exit(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
 {
     int64_t interpreter = PyInterpreterState_GetID(PyInterpreterState_Get());
     pid_t self = getpid();

@@ -184,7 +184,7 @@ static PyType_Slot view_entry_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec view_entry_type_spec = {
+PyType_Spec mm_view_entry_type_spec = {
     .name = "memmanager._ViewEntry",
     .basicsize = sizeof(ViewEntry),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
@@ -287,7 +287,7 @@ static PyType_Slot view_export_slots[] = {
     {0, NULL},
 };
 
-PyType_Spec view_export_type_spec = {
+PyType_Spec mm_view_export_type_spec = {
     .name = "memmanager._ViewExport",
     .basicsize = sizeof(ViewExport),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
@@ -297,7 +297,7 @@ PyType_Spec view_export_type_spec = {
 
 /* _view_export() -> an export of the whole buffer, writable unless the
  * buffer is read-only (for memmanager/_views.py's NumPy kind). */
-PyObject *view_export_exporter(mm_state *st, PyObject *obj)
+PyObject *mm_view_export_exporter(mm_state *st, PyObject *obj)
 {
     if (Py_TYPE(obj) != st->view_export_type) {
         return NULL;
@@ -305,10 +305,10 @@ PyObject *view_export_exporter(mm_state *st, PyObject *obj)
     return ((ViewExport *)obj)->view.obj;
 }
 
-PyObject *buffer_view_export(PyObject *op, PyObject *Py_UNUSED(unused))
+PyObject *mm_buffer_view_export(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     BufferObject *self = (BufferObject *)op;
-    mm_state *st = buffer_state(self);
+    mm_state *st = mm_buffer_state(self);
     if (st == NULL) {
         return NULL;
     }
@@ -328,12 +328,12 @@ PyObject *buffer_view_export(PyObject *op, PyObject *Py_UNUSED(unused))
     return (PyObject *)export;
 }
 
-int views_add_types(PyObject *module, mm_state *st)
+int mm_views_add_types(PyObject *module, mm_state *st)
 {
     st->view_entry_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &view_entry_type_spec, NULL);
+        module, &mm_view_entry_type_spec, NULL);
     st->view_export_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-        module, &view_export_type_spec, NULL);
+        module, &mm_view_export_type_spec, NULL);
     return (st->view_entry_type == NULL || st->view_export_type == NULL) ? -1 : 0;
 }
 
@@ -342,7 +342,7 @@ int views_add_types(PyObject *module, mm_state *st)
 /* ------------------------------------------------------------------ */
 
 /* The entries, not the dict: the dict is private (see the top). */
-int buffer_views_traverse(BufferObject *self, visitproc visit, void *arg)
+int mm_buffer_views_traverse(BufferObject *self, visitproc visit, void *arg)
 {
     if (self->views != NULL) {
         PyObject *name, *entry;
@@ -355,7 +355,7 @@ int buffer_views_traverse(BufferObject *self, visitproc visit, void *arg)
 }
 
 /* Drops every stored view (and with it the exports they hold). */
-void buffer_views_clear(BufferObject *self)
+void mm_buffer_views_clear(BufferObject *self)
 {
     Py_CLEAR(self->views);
 }
@@ -387,7 +387,7 @@ static PyObject *missing_view(PyObject *name)
 }
 
 /* _store_view(name, kind, view): store view under name, replacing any. */
-PyObject *buffer_store_view(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+PyObject *mm_buffer_store_view(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     BufferObject *self = (BufferObject *)op;
     PyObject *name = NULL, *kind = NULL, *entry = NULL, *views = NULL;
@@ -399,12 +399,12 @@ PyObject *buffer_store_view(PyObject *op, PyObject *const *args, Py_ssize_t narg
     }
     if ((name = exact_name(args[0], "name")) == NULL ||
         (kind = exact_name(args[1], "kind")) == NULL ||
-        (entry = view_entry_new(buffer_state(self), kind, args[2])) == NULL) {
+        (entry = view_entry_new(mm_buffer_state(self), kind, args[2])) == NULL) {
         goto done;
     }
     /* The allocations above may have run the collector, and with it any
      * Python code: only now is the buffer's state looked at. */
-    if (buffer_check_live(self) < 0) {
+    if (mm_buffer_check_live(self) < 0) {
         goto done;
     }
     if (self->views == NULL) {
@@ -415,7 +415,7 @@ PyObject *buffer_store_view(PyObject *op, PyObject *const *args, Py_ssize_t narg
             self->views = Py_NewRef(views);
         }
         Py_DECREF(views);
-        if (buffer_check_live(self) < 0) {
+        if (mm_buffer_check_live(self) < 0) {
             goto done;
         }
     }
@@ -444,7 +444,7 @@ done:
  * none.  With the exact name, the lookup runs no Python code. */
 static ViewEntry *lookup_entry(BufferObject *self, PyObject *name)
 {
-    if (buffer_check_live(self) < 0) {
+    if (mm_buffer_check_live(self) < 0) {
         return NULL;
     }
     PyObject *entry = self->views ? PyDict_GetItemWithError(self->views, name) : NULL;
@@ -458,7 +458,7 @@ static ViewEntry *lookup_entry(BufferObject *self, PyObject *name)
 }
 
 /* _stored_view(name) -> (kind, view); KeyError when there is none. */
-PyObject *buffer_stored_view(PyObject *op, PyObject *name)
+PyObject *mm_buffer_stored_view(PyObject *op, PyObject *name)
 {
     PyObject *exact = exact_name(name, "name");
     if (exact == NULL) {
@@ -481,7 +481,7 @@ PyObject *buffer_stored_view(PyObject *op, PyObject *name)
 }
 
 /* _forget_view(name): drop the stored view; KeyError when there is none. */
-PyObject *buffer_forget_view(PyObject *op, PyObject *name)
+PyObject *mm_buffer_forget_view(PyObject *op, PyObject *name)
 {
     BufferObject *self = (BufferObject *)op;
     PyObject *exact = exact_name(name, "name");
@@ -507,10 +507,10 @@ PyObject *buffer_forget_view(PyObject *op, PyObject *name)
 }
 
 /* _view_names() -> list of the stored names, in creation order. */
-PyObject *buffer_view_names(PyObject *op, PyObject *Py_UNUSED(unused))
+PyObject *mm_buffer_view_names(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     BufferObject *self = (BufferObject *)op;
-    if (buffer_check_live(self) < 0) {
+    if (mm_buffer_check_live(self) < 0) {
         return NULL;
     }
     return self->views ? PyDict_Keys(self->views) : PyList_New(0);
