@@ -19,7 +19,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export MEMMANAGER_WERROR ?= 1
 
-SOURCES := $(wildcard src/*.c src/*.h memmanager/include/memmanager/*.h) setup.py pyproject.toml
+SOURCES := $(wildcard src/*/*.c src/*/*.h memmanager/include/memmanager/*.h) setup.py pyproject.toml
 FLAVOUR_FILE := build/flavour
 
 .PHONY: demo test build bench bench-quick callgrind clean asan asan-build valgrind valgrind-build \

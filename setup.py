@@ -58,8 +58,8 @@ if flag("MEMMANAGER_COVERAGE"):
 
 # Code alignment: each function on a 64-byte boundary, jump targets and
 # loops on 32.  Without it the hot paths' speed depends on where unrelated
-# edits happen to move them: we measured consume() of an address at 107 or
-# 119 ns for the same source.  Flags the compiler does not know are left out.
+# edits happen to move them (docs/benchmarks.md has the measurement).  Flags
+# the compiler does not know are left out.
 ALIGNMENT_FLAGS = ["-falign-functions=64", "-falign-jumps=32", "-falign-loops=32"]
 
 
@@ -84,8 +84,8 @@ class BuildExt(build_ext):
 
 core = Extension(
     "memmanager._core",
-    sources=sorted(glob.glob("src/*.c")),
-    depends=sorted(glob.glob("src/*.h")) + ["memmanager/include/memmanager/allocator.h"],
+    sources=sorted(glob.glob("src/*/*.c")),
+    depends=sorted(glob.glob("src/*/*.h")) + ["memmanager/include/memmanager/allocator.h"],
     include_dirs=["src", "memmanager/include"],
     extra_compile_args=extra_compile_args,
     extra_link_args=extra_link_args,

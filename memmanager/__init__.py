@@ -105,9 +105,9 @@ def get_include() -> str:
 
 
 _core._set_address_resolver(_address.resolve)
-# Views (create_view, ...) and pickling are Python methods of the C type.
-_views.install(Buffer)
-_pickle.install(Buffer)
+# Views (create_view, ...) and pickling are written in Python; the C type
+# (immutable, like every type of the module) calls them through this table.
+_core._set_python_methods({**_views.python_methods(), **_pickle.python_methods()})
 # Registered at first import, so they run after the atexit hooks of user
 # code imported later (atexit is last-in, first-out): first the pinned
 # buffers are released, then the SharedMemory names this interpreter made

@@ -33,12 +33,13 @@ module and names.
 """
 
 import pickle as _pickle
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._core import Buffer as _Buffer, OverlapError
 
 
-_shared_name: Any = None     # Buffer.name's getter, set by install()
+# Buffer.name's getter: the type's own, which a subclass cannot fake.
+_shared_name: Any = _Buffer.name.__get__  # type: ignore[attr-defined]
 
 
 def _by_value(self: Any, protocol: int) -> Tuple[Any, ...]:
@@ -65,7 +66,7 @@ def reduce_ex(self: Any, protocol: int) -> Tuple[Any, ...]:
     (rebuild_buffer, args[, state]) for the others."""
     if self.released:
         raise ValueError("buffer is released")
-    name = _shared_name(self)   # the type's getter: a subclass cannot fake it
+    name = _shared_name(self)
     if name is None:
         return _by_value(self, protocol)
     args = (type(self), name, self.num_items, self.itemsize, self.readonly)
@@ -129,11 +130,7 @@ def rebuild_buffer(cls: Any, data: Any, num_items: int, item_size: int,
                        readonly=readonly, copy=True)
 
 
-def install(buffer_type: type) -> None:
-    """Attach __reduce_ex__, __copy__ and __deepcopy__ to the Buffer type
-    (called at import)."""
-    global _shared_name
-    _shared_name = buffer_type.name.__get__  # type: ignore[attr-defined]
-    buffer_type.__reduce_ex__ = reduce_ex  # type: ignore[method-assign]
-    buffer_type.__copy__ = _copy  # type: ignore[attr-defined]
-    buffer_type.__deepcopy__ = _deepcopy  # type: ignore[attr-defined]
+def python_methods() -> Dict[str, Callable[..., Any]]:
+    """__reduce_ex__, __copy__ and __deepcopy__ by name, for the C type to
+    call (memmanager/__init__.py hands them to the core at import)."""
+    return {"__reduce_ex__": reduce_ex, "__copy__": _copy, "__deepcopy__": _deepcopy}

@@ -271,7 +271,8 @@ def view_names(self: Any) -> List[str]:
     return self._view_names()
 
 
-def install(buffer_type: type) -> None:
-    """Attach the view methods to the Buffer type (called at import)."""
-    for function in (create_view, get_view, delete_view, clone_view, view_names):
-        setattr(buffer_type, function.__name__, function)
+def python_methods() -> Dict[str, Callable[..., Any]]:
+    """The Buffer methods written here, by name, for the C type to call
+    (memmanager/__init__.py hands them to the core at import)."""
+    return {function.__name__: function
+            for function in (create_view, get_view, delete_view, clone_view, view_names)}

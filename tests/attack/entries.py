@@ -318,6 +318,8 @@ ENTRIES: List[Entry] = [
     E("core._registry_spin", P("iterations", INT, 10)),
     E("core._register_allocator", P("name", STR, "AttackPlug"), P("impl", IMPL, lambda s: _plug())),
     E("core._set_address_resolver", P("resolver", CALL, lambda s: memmanager._address.resolve)),
+    E("core._set_python_methods", P("table", MAP, lambda s: {
+        **memmanager._views.python_methods(), **memmanager._pickle.python_methods()})),
     *[E("alloc." + name) for name in ("name", "kind", "__repr__")],
 ]
 
