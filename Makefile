@@ -22,7 +22,7 @@ export MEMMANAGER_WERROR ?= 1
 SOURCES := $(wildcard src/*/*.c src/*/*.h memmanager/include/memmanager/*.h) setup.py pyproject.toml
 FLAVOUR_FILE := build/flavour
 
-.PHONY: demo test build bench bench-quick callgrind clean asan asan-build valgrind valgrind-build \
+.PHONY: demo test build lint bench bench-quick callgrind clean asan asan-build valgrind valgrind-build \
 	fuzz fuzz-build fuzz-coverage fuzz-replay fuzz-clang
 
 $(PY):
@@ -50,6 +50,12 @@ build: $(VENV)/.installed $(SOURCES)
 
 demo: build
 	$(PY) -m memmanager demo
+
+# src/ keeps its layers (core < allocators < buffer < interop < cuda <
+# module): no include of a higher layer, no header circle, and, read from
+# the plain build's objects, no call up and no two files calling round.
+lint: build
+	$(PY) tools/check_layers.py --src src --objects build/temp-plain/src
 
 test: build
 	$(PY) -m pytest -q tests

@@ -1,5 +1,5 @@
 /*
- * allocator_aligned.c -- the Aligned allocator kind:
+ * aligned.c -- the Aligned allocator kind:
  *
  *   Buffer(n, s, allocator="Aligned", alignment=64)
  *
@@ -10,6 +10,8 @@
  * lazy zero pages, as calloc does for large blocks, instead of a memset
  * over the whole block.  The cookie says which: NULL for the heap,
  * ALIGNED_MAPPED for a mapping.
+ *
+ * Layer: allocators.  May call core/.
  */
 #include "allocators/allocators.h"
 
@@ -76,7 +78,7 @@ static int aligned_allocate(AllocatorObject *self, const mm_request *req,
     }
     else {
         /* posix_memalign wants a multiple of sizeof(void *); large blocks
-         * start on a huge-page boundary (memmanager.h). */
+         * start on a huge-page boundary (allocators.h). */
         size_t alignment = req->alignment < sizeof(void *) ? sizeof(void *)
                                                            : req->alignment;
         if (size >= MM_HUGEPAGE_THRESHOLD && alignment < MM_HUGEPAGE_SIZE) {

@@ -24,8 +24,8 @@
  *     around large memsets (the block is not shared with anybody yet);
  *   - transparent huge pages for large non-zeroed heap blocks;
  *   - MEMMANAGER_DEBUG guard bytes around the blocks of guarded allocators
- *     (allocator_debug.c writes and checks them);
- *   - device allocators (cuda_allocators.c): their `prepare` hook runs
+ *     (guards.c writes and checks them);
+ *   - device allocators (cuda/allocators.c): their `prepare` hook runs
  *     before allocation (it loads the driver) and their `fill` hook sets
  *     the init byte of memory the host cannot touch;
  *   - tracemalloc reporting under MEMMANAGER_TRACEMALLOC_DOMAIN for every
@@ -33,6 +33,8 @@
  *
  * Each buffer holds a strong reference to its AllocatorObject, so it frees
  * through the allocator that made it even after the name is re-registered.
+ *
+ * Layer: allocators.  May call core/.
  */
 #include "allocators/allocators.h"
 
@@ -66,7 +68,7 @@ static int allocator_traverse(PyObject *op, visitproc visit, void *arg)
 }
 
 /* Buffers still holding this allocator after a clear leak their memory
- * rather than call a plug-in that is gone (allocator_python.c checks). */
+ * rather than call a plug-in that is gone (python.c checks). */
 static int allocator_clear(PyObject *op)
 {
     AllocatorObject *self = (AllocatorObject *)op;

@@ -1,5 +1,5 @@
 /*
- * builtin_allocators.c -- the C vtables of the allocators that are always
+ * builtin.c -- the C vtables of the allocators that are always
  * there: PyAlloc (the interpreter's PyMem_* family, the Perl "PerlAlloc"),
  * CMalloc (the C library's malloc family, for memory C code may free or
  * hand over) and Borrowed (no memory of its own: consume only).
@@ -8,12 +8,14 @@
  * third-party allocator uses, so nothing distinguishes them later on.
  *
  * Blocks of MM_HUGEPAGE_THRESHOLD and more start on a huge-page boundary
- * (memmanager.h says why).  CMalloc asks posix_memalign, whose blocks
+ * (allocators.h says why).  CMalloc asks posix_memalign, whose blocks
  * free() and realloc() accept, so C code may still free them.  PyMem has
  * no aligned call: PyAlloc takes MM_HUGEPAGE_SIZE more, starts the block
  * at the first boundary past one pointer, and keeps what PyMem returned
  * in that pointer, just below the block.  Which blocks are laid out so is
  * decided by size alone, which free() is given.
+ *
+ * Layer: allocators.  May call core/.
  */
 #include "allocators/allocators.h"
 

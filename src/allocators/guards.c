@@ -1,5 +1,5 @@
 /*
- * allocator_debug.c -- what MEMMANAGER_DEBUG=1 (read at import) switches
+ * guards.c -- what MEMMANAGER_DEBUG=1 (read at import) switches
  * on in the C core:
  *
  *   - guard bytes: the guarded allocators (CMalloc, Aligned, Mmap) put 64
@@ -19,6 +19,8 @@
  *
  * Reports never raise: a warning turned into an error goes to
  * sys.unraisablehook, and the caller's exception, if any, is kept.
+ *
+ * Layer: allocators.  May call core/.
  */
 #include "allocators/allocators.h"
 

@@ -1,6 +1,6 @@
 /*
- * allocator_mmap.c -- the Mmap allocator kind, and the page-mapping
- * helpers the Aligned and SharedMemory kinds share with it.
+ * mmap.c -- the Mmap allocator kind: one anonymous mapping per buffer
+ * (the mapping helpers are pages.c's).
  *
  *   Buffer(n, s, allocator="Mmap", hugepages=None, populate=False,
  *          shared=False)
@@ -16,6 +16,8 @@
  *   - shared: MAP_SHARED instead of MAP_PRIVATE, so a child made by fork()
  *     writes the same memory as its parent.
  * Anonymous mappings are zeroed by the kernel: init_value=0 costs nothing.
+ *
+ * Layer: allocators.  May call core/.
  */
 #include "allocators/allocators.h"
 

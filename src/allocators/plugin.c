@@ -1,12 +1,12 @@
 /*
- * allocator_plugin.c -- register_allocator(name, impl): turning a
+ * plugin.c -- register_allocator(name, impl): turning a
  * third-party allocator into an Allocator object under a name.
  *
  *   impl                                    kind
  *   --------------------------------------  ------------------------------
  *   a PyCapsule named "memmanager.allocator" vtable: the public C struct
  *     holding a MemManagerAllocator          of memmanager/allocator.h
- *   any other object with malloc, free,     python (allocator_python.c)
+ *   any other object with malloc, free,     python (python.c)
  *     get_buffer_address (consume optional)
  *
  * Everything is checked before anything is registered: the name (a str of
@@ -15,6 +15,8 @@
  * missing ones are named).  A plug-in name may be registered again: the
  * new allocator replaces the old one for new buffers, and the buffers made
  * before keep freeing through the allocator that made them.
+ *
+ * Layer: allocators.  May call core/.
  */
 #include "allocators/allocators.h"
 

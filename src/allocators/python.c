@@ -1,5 +1,5 @@
 /*
- * allocator_python.c -- the allocator kind behind Python plug-ins: every
+ * python.c -- the allocator kind behind Python plug-ins: every
  * call into the plug-in, and the validation of what comes back.
  *
  * A plug-in is any object (module, class, instance) with
@@ -25,6 +25,8 @@
  * from free(), which goes to sys.unraisablehook (freeing never raises).
  *
  * All of this runs with the GIL held (the allocator has needs_gil).
+ *
+ * Layer: allocators.  May call core/.
  */
 #include "allocators/allocators.h"
 

@@ -1,5 +1,5 @@
 /*
- * allocator_shm.c -- the SharedMemory allocator kind: POSIX shared memory
+ * shm.c -- the SharedMemory allocator kind: POSIX shared memory
  * that another process can map by name.
  *
  *   buf = Buffer(n, s, allocator="SharedMemory", name=None)
@@ -26,6 +26,8 @@
  * Names are what Python's multiprocessing.shared_memory uses: without the
  * leading slash (which is added for shm_open), so both interoperate.  A
  * name given with a leading slash is used as it is.
+ *
+ * Layer: allocators.  May call core/.
  */
 #include "allocators/allocators.h"
 

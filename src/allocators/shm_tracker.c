@@ -10,7 +10,7 @@
  *   killed  -> the tracker process         unlinks what the dead pid left
  *
  * The list holds the names this process created and has not unlinked yet
- * (the links live in the SharedMemory cookies of allocator_shm.c).  A
+ * (the links live in the SharedMemory cookies of shm.c).  A
  * child made by fork() inherits the list, but its entries name the parent
  * as creator: the child unlists them and never unlinks them.
  *
@@ -28,6 +28,8 @@
  * this lock waits for the GIL.  pthread_atfork handlers take it around
  * fork(), so a child never inherits it held.  posix_spawn runs no fork
  * handlers, so the tracker can be spawned with the lock held.
+ *
+ * Layer: allocators.  May call core/.
  */
 #include "allocators/allocators.h"
 

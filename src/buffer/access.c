@@ -1,5 +1,5 @@
 /*
- * buffer_access.c -- every way of reaching a Buffer's bytes from Python:
+ * buffer/access.c -- every way of reaching a Buffer's bytes from Python:
  *
  *   - the buffer protocol (format "B", 1-D, C-contiguous), which counts
  *     exports: each successful getbuffer increments `exports`, each
@@ -14,6 +14,8 @@
  * Large copies run without the GIL while an internal export keeps
  * release() from freeing the memory underneath them.  Memory the host
  * cannot touch (CudaDevice) is refused with BufferError at each entry.
+ *
+ * Layer: buffer.  May call allocators/ and core/.
  */
 #include "buffer/buffer.h"
 

@@ -1,5 +1,5 @@
 /*
- * buffer_args.c -- turning what Python passed into C values, for the
+ * buffer/args.c -- turning what Python passed into C values, for the
  * Buffer constructor and consume():
  *
  *   Buffer(num_items, item_size, options=None, /, *, allocator=...,
@@ -10,6 +10,8 @@
  * into one dict for the allocator.  The caller's mapping is only read.
  *
  * Everything here validates and raises; nothing allocates buffer memory.
+ *
+ * Layer: buffer.  May call allocators/ and core/.
  */
 #include "buffer/buffer.h"
 

@@ -67,6 +67,8 @@
  *     callback), which may release the buffer and drop the dict;
  *   - anything that allocates may run the collector, and with it Python
  *     code: the buffer is checked to be live again after it.
+ *
+ * Layer: buffer.  May call allocators/ and core/.
  */
 #include "buffer/buffer.h"
 

@@ -17,6 +17,8 @@
  *         def __get__(self, obj, cls=None):
  *             cls = cls or type(obj)
  *             return self.bound if cls is self.owner else function.__get__(cls)
+ *
+ * Layer: core.  Calls the C API only.
  */
 #include "core/core.h"
 

@@ -23,6 +23,8 @@
  *   registry.c (.h)      the process-wide registry of live regions, stats
  *   interpreters.c       entering an interpreter from any thread
  *   cached_classmethod.c a classmethod that allocates nothing per lookup
+ *
+ * Layer: core.  Calls the C API only.
  */
 #ifndef MEMMANAGER_CORE_H
 #define MEMMANAGER_CORE_H

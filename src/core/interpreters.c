@@ -48,6 +48,8 @@
  * What remains: code that removes our atexit callback (atexit._clear())
  * and then ends a subinterpreter while another thread is inside a
  * deleter of one of its capsules is back to CPython's own rules.
+ *
+ * Layer: core.  Calls the C API only.
  */
 #include "core/core.h"
 

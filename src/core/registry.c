@@ -1,5 +1,5 @@
 /*
- * region_registry.c -- the process-wide live-region registry (see the
+ * core/registry.c -- the process-wide live-region registry (see the
  * header for the idea).  The only mutable C globals of the extension live
  * here, behind `registry_lock`.
  *
@@ -27,6 +27,8 @@
  * Fork: the lock is taken before fork() and released in both parent and
  * child, so a child can allocate even if another thread of the parent was
  * inside the registry when fork() happened.
+ *
+ * Layer: core.  Calls the C API only.
  */
 #include "core/compat.h"
 

@@ -1,5 +1,5 @@
 /*
- * region_registry.h -- the process-wide registry of live memory regions.
+ * core/registry.h -- the process-wide registry of live memory regions.
  *
  * Every live buffer's [start, end) is one node of one of two treaps:
  *
@@ -26,6 +26,8 @@
  * Code that calls in without the GIL must first call
  * mm_region_registry_use_without_gil() with the GIL held: until then the GIL
  * is all the exclusion the callers need, and the lock is left untaken.
+ *
+ * Layer: core.  Calls the C API only.
  */
 #ifndef MEMMANAGER_REGION_REGISTRY_H
 #define MEMMANAGER_REGION_REGISTRY_H

@@ -8,6 +8,8 @@
  *
  * Only values are taken from the published interface; a name here says
  * what the value means to us.  Nothing in this file allocates or calls.
+ *
+ * Layer: cuda.  May call interop/, buffer/, allocators/ and core/.
  */
 #ifndef MEMMANAGER_CUDA_ABI_H
 #define MEMMANAGER_CUDA_ABI_H

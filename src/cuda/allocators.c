@@ -1,5 +1,5 @@
 /*
- * cuda_allocators.c -- the GPU allocators, registered always:
+ * cuda/allocators.c -- the GPU allocators, registered always:
  *
  *   CudaHost     pinned (page-locked) host memory, cuMemHostAlloc: an
  *                ordinary buffer on the CPU whose copies to and from the
@@ -21,6 +21,8 @@
  *
  * The vtable functions may run without the GIL (allocator.c frees large
  * blocks without it): they only read the table and call the driver.
+ *
+ * Layer: cuda.  May call interop/, buffer/, allocators/ and core/.
  */
 #include "cuda/driver.h"
 

@@ -1,5 +1,5 @@
 /*
- * cuda_device.c -- Buffer.device_movement(): a buffer's copies on NVIDIA
+ * cuda/device.c -- Buffer.device_movement(): a buffer's copies on NVIDIA
  * GPUs, with the OpenMP target-data meaning of each (action, direction)
  * pair, and device_mappings().
  *
@@ -37,6 +37,8 @@
  * - Every copy has completed when device_movement() returns (a copy to
  *   the device is followed by a synchronisation of the legacy default
  *   stream), so consumers need no stream synchronisation.
+ *
+ * Layer: cuda.  May call interop/, buffer/, allocators/ and core/.
  */
 #include "cuda/driver.h"
 

@@ -9,6 +9,8 @@
  * outlives every block and mapping made through it.  The table is filled
  * once, with the GIL held, at first use; afterwards it is only read, so
  * the allocator vtables may use it without the GIL.
+ *
+ * Layer: cuda.  May call interop/, buffer/, allocators/ and core/.
  */
 #ifndef MEMMANAGER_CUDA_DRIVER_H
 #define MEMMANAGER_CUDA_DRIVER_H

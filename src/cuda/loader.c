@@ -1,5 +1,5 @@
 /*
- * cuda_loader.c -- the CUDA driver, loaded at run time.
+ * cuda/loader.c -- the CUDA driver, loaded at run time.
  *
  * Building memmanager needs no CUDA toolkit: the driver library
  * (libcuda.so.1, or the path in MEMMANAGER_CUDA_LIBRARY) is opened with
@@ -27,6 +27,8 @@
  *         if state == FAILED: raise DeviceUnavailableError(reason)
  *         if not 0 <= device_id < device_count: raise ValueError
  *         contexts[device_id] = contexts[device_id] or retain_primary()
+ *
+ * Layer: cuda.  May call interop/, buffer/, allocators/ and core/.
  */
 #include "cuda/driver.h"
 

@@ -1,5 +1,5 @@
 /*
- * cuda_view.c -- Buffer.device_view(device_id) and the DeviceView type: a
+ * cuda/view.c -- Buffer.device_view(device_id) and the DeviceView type: a
  * buffer's copy on one GPU, handed to CuPy, PyTorch or Numba without a
  * copy through __cuda_array_interface__ (version 3) and DLPack (kDLCUDA).
  *
@@ -29,6 +29,8 @@
  *   shutdown rules are dlpack.c's.
  * - detach() is the one way a view lets go (dealloc, or tp_clear when the
  *   collector breaks a cycle through a death stub).
+ *
+ * Layer: cuda.  May call interop/, buffer/, allocators/ and core/.
  */
 #include "cuda/driver.h"
 

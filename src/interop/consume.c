@@ -25,7 +25,7 @@
  * memmanager/__init__.py (memmanager/_address.py).
  *
  * Non-owning buffers (zero-copy, Borrowed) are registered as shared
- * regions (region_registry.h): they may overlap each other, and an owned
+ * regions (core/registry.h): they may overlap each other, and an owned
  * region only when they hold an export of the Buffer that owns it.
  *
  * The collector: a zero-copy buffer holds an export of its source.  The
@@ -34,6 +34,8 @@
  * (and then crashes when the export is given back).  So the export the
  * buffer holds is never handed to the collector unless it is a Buffer's
  * (whose tp_clear keeps the memory): see source_view_may_be_visited().
+ *
+ * Layer: interop.  May call buffer/, allocators/ and core/.
  */
 #include "interop/interop.h"
 

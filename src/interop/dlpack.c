@@ -19,7 +19,7 @@
  * Two layers:
  *
  *   - the exporter-neutral part, which every __dlpack__ of memmanager uses
- *     (Buffer here, DeviceView in cuda_view.c): mm_dlpack_parse_request()
+ *     (Buffer here, DeviceView in cuda/view.c): mm_dlpack_parse_request()
  *     parses the arguments, mm_dlpack_check_device() and
  *     mm_dlpack_check_readonly() are the two rules every exporter applies,
  *     and mm_dlpack_capsule_new() turns any (data, nbytes, device, owner)
@@ -55,6 +55,8 @@
  *     exported as kDLCUDA memory (dl_device=(kDLCPU, 0) and copy=True are
  *     refused), a CudaManaged one as kDLCUDAManaged, or as what dl_device
  *     asks of kDLCPU and kDLCUDA (unified memory is valid on both).
+ *
+ * Layer: interop.  May call buffer/, allocators/ and core/.
  */
 #include "interop/interop.h"
 

@@ -20,6 +20,8 @@
  *     deleter.
  * The deleter releases the producer's resources and frees the managed
  * struct itself; the consumer calls it exactly once, from any thread.
+ *
+ * Layer: interop.  May call buffer/, allocators/ and core/.
  */
 #ifndef MEMMANAGER_DLPACK_ABI_H
 #define MEMMANAGER_DLPACK_ABI_H
