@@ -75,8 +75,8 @@ void mm_unmap(char *base, size_t size)
  * the end of its last page, partial or not, as NumPy does.  The advice is
  * only a hint on the mapping, so a partial page shared with a neighbour
  * comes to no harm; leaving it out would cost the huge page that ends
- * there (a 64 MiB block from malloc then gets 62 MiB of huge pages where
- * NumPy's gets 64, and fills 20% slower). */
+ * there: a 64 MiB block from malloc then gets 62 MiB of huge pages where
+ * NumPy's gets 64 (docs/benchmarks.md has what that costs a fill). */
 void mm_advise_hugepages(void *ptr, size_t size)
 {
 #ifdef MADV_HUGEPAGE

@@ -10,16 +10,17 @@
  *
  * Lock: a spinlock (one atomic exchange to take, one release store to
  * give back).  Critical sections are a few dozen instructions and never
- * block, so spinning beats a mutex here, and an uncontended pass costs
- * less than half of pthread_mutex_lock + unlock on the create/destroy path.
+ * block, so spinning beats a mutex here: an uncontended pass costs less
+ * than pthread_mutex_lock + unlock on the create/destroy path.
  * A waiter yields the CPU after a short spin.
  *
  * Every caller holds the GIL, except code that has said, through
  * mm_region_registry_use_without_gil() (with the GIL held), that it will
  * come without it.  Until something has, the GIL alone keeps callers out
- * of each other's way, and the lock is not taken: its atomic exchange, two
- * per buffer created and destroyed, is about 9 ns, an eighth of adopting
- * an address.  From the first such call on, every caller takes the lock.
+ * of each other's way, and the lock is not taken: its atomic exchanges,
+ * two per buffer created and destroyed, would be a visible share of the
+ * hot path (docs/benchmarks.md has the measurement).  From the first such
+ * call on, every caller takes the lock.
  * The flag only ever goes from 0 to 1, and it is set under the GIL, so no
  * caller is inside the registry at that moment and every later GIL holder
  * sees it.  (A build without the GIL locks from the start.)
