@@ -24,6 +24,7 @@ FLAVOUR_FILE := build/flavour
 
 .PHONY: demo test build lint bench bench-quick callgrind clean asan asan-build valgrind valgrind-build \
 	fuzz fuzz-build fuzz-coverage fuzz-replay fuzz-clang
+.PHONY: docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,19 @@ test: build
 bench: build
 	$(PY) -m pip install -q -e '.[test,bench]' --no-build-isolation
 	$(PY) -m memmanager.bench --out docs
+
+# The documentation site (Sphinx + MyST, docs/conf.py) in build/docs: every
+# warning is an error (-W, --keep-going to list them all), every
+# cross-reference and every link or anchor between pages must resolve
+# (-n).  The API reference needs the built extension (its docstrings).
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q --no-build-isolation -e '.[docs]'
+	touch $@
+
+docs: build $(VENV)/.docs-installed
+	rm -rf build/docs docs/api
+	$(PY) -m sphinx -b html -n -W --keep-going -q docs build/docs
+	@echo "docs: build/docs/index.html"
 
 # Quick ratios of the core's hot paths against their peers (DESIGN section 9),
 # and of the allocators against the system calls they wrap.

@@ -182,7 +182,7 @@ _kinds.update({
 # ---------------------------------------------------------------------------
 
 def register_view(kind: str, create: _Create, clone: _Clone) -> None:
-    """Add a view kind: create(buffer, **options) -> view; clone(view) -> copy.
+    """Add a view kind: ``create(buffer, **options) -> view``; ``clone(view) -> copy``.
 
     The view should hold an export of the buffer (get it through the buffer
     protocol: memoryview(buffer), numpy.frombuffer, ...) so that it keeps

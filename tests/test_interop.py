@@ -1,26 +1,19 @@
-"""Handing a buffer to C: ctypes and cffi recipes, and docs/views.md.
+"""Handing a buffer to C: ctypes and cffi recipes.
 
 Real C library functions (memset, qsort) work on buffers through ctypes
 and cffi, both through objects that hold an export and through the raw
-address.  Every Python block of docs/views.md runs here, so the recipes
-documented there are the tested ones.
+address.  The Python blocks of docs/views.md (the recipes) run in
+tests/test_docs.py, with those of every other page.
 """
 
-import contextlib
 import ctypes
 import gc
-import io
-import pathlib
-import re
 import weakref
 
 import cffi
 import pytest
 
 from memmanager import Buffer
-
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "views.md"
-
 
 @pytest.fixture(scope="module")
 def libc():
@@ -154,44 +147,3 @@ def test_cffi_typed_from_buffer(cffi_libc):
     gc.collect()
     assert buf.exports == 0
     buf.release()
-
-
-# ---------------------------------------------------------------------------
-# docs/views.md: every python block runs
-# ---------------------------------------------------------------------------
-
-def python_blocks():
-    text = DOCS.read_text()
-    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
-    assert len(blocks) >= 8
-    return blocks
-
-
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_docs_views_block_runs(index):
-    source = python_blocks()[index]
-    namespace = {"__name__": "__main__"}
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(source, f"docs/views.md block {index}", "exec"), namespace)
-    expected = expected_output(source)
-    printed = out.getvalue().splitlines()
-    assert len(printed) >= len(expected)
-    for want in expected:
-        assert any(want in line for line in printed), (want, printed)
-
-
-def expected_output(source):
-    """The values the block's comments promise after print(...) calls.
-
-    A `print(...)   # value` comment promises `value` verbatim, up to an
-    explanation that starts with " (", ": " or "...".
-    """
-    promises = []
-    for line in source.splitlines():
-        match = re.match(r"\s*print\(.*\)\s+#\s(.+)$", line)
-        if match:
-            promise = re.split(r" \(|: |\.\.\.", match.group(1))[0].strip()
-            if promise:
-                promises.append(promise)
-    return promises
