@@ -57,7 +57,7 @@ autoapi_type = "python"
 autoapi_dirs = [str(ROOT / "memmanager")]
 autoapi_root = "api"
 autoapi_file_patterns = ["*.pyi", "*.py"]
-autoapi_ignore = ["*/bench/*", "*/_tour*", "*/__main__.py"]
+autoapi_ignore = ["*/bench/*", "*/tour/*", "*/__main__.py"]
 autoapi_options = ["members", "undoc-members", "show-inheritance",
                    "show-module-summary", "imported-members"]
 autoapi_keep_files = False

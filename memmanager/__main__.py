@@ -2,7 +2,7 @@
 
 Commands:
 
-  demo    the guided tour (memmanager/_tour.py): the six examples of Perl's
+  demo    the guided tour (memmanager/tour/): the six examples of Perl's
           Task::MemManager, in Python
 
 ``python -m memmanager --help`` lists the commands; an unknown or missing
@@ -38,7 +38,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from memmanager._tour import main as tour
+        from memmanager.tour import main as tour
         return tour()
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse checked it
 

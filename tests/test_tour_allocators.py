@@ -1,28 +1,44 @@
-"""The tour's allocator section (memmanager/_tour_allocators.py) runs as
-shown, with every built-in allocator, and leaves nothing behind."""
+"""The tour's allocator section (memmanager/tour/allocators.py) runs as
+shown, with every built-in allocator, and leaves nothing behind.
 
-import gc
-import io
+It runs in a child interpreter: the section registers a plug-in allocator
+(CtypesArena) whose methods live in the tour's namespace, and a
+registration lasts as long as the process.
+"""
 
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = """
+import gc, io
 import memmanager
-from memmanager._tour import Tour, introduction
-from memmanager._tour_allocators import allocators
+from memmanager.tour import Tour, introduction
+from memmanager.tour.allocators import allocators
+gc.collect()
+before = memmanager.stats()["total"]["live_buffers"]
+out = io.StringIO()
+tour = Tour(out)
+introduction(tour)
+allocators(tour)
+gc.collect()
+print(out.getvalue())
+print("LIVE", memmanager.stats()["total"]["live_buffers"] - before)
+"""
 
 
 def test_allocator_section_runs_and_cleans_up():
-    gc.collect()
-    before = memmanager.stats()["total"]["live_buffers"]
-    out = io.StringIO()
-    tour = Tour(out)
-    introduction(tour)
-    allocators(tour)
-    text = out.getvalue()
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          timeout=120, env=env, check=True)
+    text = done.stdout
     for name in ("Aligned", "Mmap", "SharedMemory", "CtypesArena"):
         assert name in text
     assert "0 0\n" in text                                  # both addresses aligned
     assert "ValueError: alignment must be a power of two" in text
     assert "True b'hello' True" in text                     # attached, read-only
     assert "b'MMMMMMMM'" in text and "CtypesArena frees 0x" in text
-    tour.namespace.clear()
-    gc.collect()
-    assert memmanager.stats()["total"]["live_buffers"] == before
+    assert text.rstrip().endswith("LIVE 0")                 # every buffer freed
+    assert done.stderr == ""

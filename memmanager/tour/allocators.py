@@ -1,7 +1,7 @@
 """The guided tour's allocator section: each built-in allocator once, a
 plug-in written in Python, and what report() shows afterwards.
 
-A section is a function taking the Tour (memmanager/_tour.py), which runs
+A section is a function taking the Tour (runner.py), which runs
 the code it shows; the names it defines are in the tour's namespace, so
 it relies on ``memmanager`` and ``Buffer`` imported by the introduction,
 and deletes what it made before it ends.
