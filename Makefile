@@ -227,10 +227,10 @@ fuzz-coverage: fuzz-clang $(VENV)/.atheris $(SOURCES)
 		tail -40 $(FUZZ_DIR)/coverage/replay.log; exit 1; }
 	$(LLVM_PROFDATA) merge -sparse -o $(FUZZ_DIR)/coverage/fuzz.profdata $(FUZZ_DIR)/coverage/*.profraw
 	$(LLVM_COV) report memmanager/_core*.so -instr-profile=$(FUZZ_DIR)/coverage/fuzz.profdata \
-		-show-region-summary=false -show-branch-summary=false $(wildcard src/*.c) \
+		-show-region-summary=false -show-branch-summary=false $(wildcard src/*/*.c) \
 		| sed 's|^$(CURDIR)/||' | tee $(FUZZ_DIR)/coverage/report.txt
 	$(LLVM_COV) show memmanager/_core*.so -instr-profile=$(FUZZ_DIR)/coverage/fuzz.profdata \
-		-format=html -output-dir=$(FUZZ_DIR)/coverage/html $(wildcard src/*.c) >/dev/null
+		-format=html -output-dir=$(FUZZ_DIR)/coverage/html $(wildcard src/*/*.c) >/dev/null
 	@echo "line by line: $(FUZZ_DIR)/coverage/html/index.html"
 
 clean:

@@ -41,7 +41,7 @@ if ! "$python" setup.py -q build_ext --inplace -j "$(nproc)" >"$out/build.log" 2
     suffix=$("$python" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
     echo "setup.py failed; compiling with gcc against $include"
     gcc -shared -fPIC -O2 -std=c11 -fvisibility=hidden -Isrc -Imemmanager/include \
-        -I"$include" src/*.c -o "memmanager/_core$suffix" -lrt -ldl -lpthread \
+        -I"$include" src/*/*.c -o "memmanager/_core$suffix" -lrt -ldl -lpthread \
         >>"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 3; }
 fi
 "$python" -c "import memmanager, memmanager.cuda as c; print(memmanager.__version__, \

@@ -11,7 +11,7 @@ one of them was allocated from our C code.  This script fails when:
   or reports failures: an ASan error aborts the process);
 - a log holds an AddressSanitizer or UndefinedBehaviorSanitizer error other
   than the leak report;
-- a leak report has a frame in one of our source files (src/*.c), except
+- a leak report has a frame in one of our source files (src/*/*.c), except
   the records tracemalloc keeps about an allocation (its own bookkeeping,
   which CPython leaves at exit).
 
@@ -24,7 +24,8 @@ import sys
 import xml.etree.ElementTree as ElementTree
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-OUR_SOURCES = sorted(p.name for p in (ROOT / "src").glob("*.c"))
+# "buffer/buffer.c", ...: every C file of src/, by its path under src/.
+OUR_SOURCES = sorted(p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src").rglob("*.c"))
 OUR_FRAME = re.compile(r" in \S+ .*\bsrc/(%s):\d+" % "|".join(map(re.escape, OUR_SOURCES)))
 TRACEMALLOC_BOOKKEEPING = ("traceback_new", "tracemalloc_add_trace", "_Py_hashtable")
 LEAK_START = re.compile(r"^(Direct|Indirect) leak of ", re.MULTILINE)

@@ -9,7 +9,7 @@ This script fails when:
 - any log holds an error that is not a leak: an invalid read or write, an
   invalid or mismatched free, overlapping copies, a jump or an address
   that depends on an uninitialised value, a bad system-call argument;
-- a definite leak has a frame in one of our source files (src/*.c), except
+- a definite leak has a frame in one of our source files (src/*/*.c), except
   tracemalloc's records of allocations, which CPython 3.11 leaves behind
   when tracing stops: the interpreter's own blocks are counted, not judged;
 - the test run itself failed (pytest's summary line in the log's process
@@ -23,7 +23,8 @@ import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-OUR_SOURCES = sorted(p.name for p in (ROOT / "src").glob("*.c"))
+# "buffer/buffer.c", ...: every C file of src/, by its path under src/.
+OUR_SOURCES = sorted(p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src").rglob("*.c"))
 OUR_FRAME = re.compile(r"\((?:[^()]*/)?src/(%s):\d+\)" % "|".join(map(re.escape, OUR_SOURCES)))
 PREFIX = re.compile(r"^==\d+== ?", re.MULTILINE)
 # tracemalloc's record of an allocation, which CPython 3.11 leaves behind
