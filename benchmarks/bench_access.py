@@ -1,13 +1,18 @@
-"""Reading regions (both sides called through a lambda, so alike): extract_buffer_region, region(), numpy.asarray, slicing,
-from 64 B to 256 MiB, vs bytes / memoryview / NumPy equivalents."""
+"""Reading regions from 64 B to 256 MiB: extract_buffer_region, buf[a:b],
+region() and numpy.asarray against bytes / memoryview / NumPy on a
+bytearray.  Both sides are called through a lambda, so alike."""
 
 import pytest
 
 from memmanager import Buffer
 
-from .conftest import mark
+from support import hot, mark
 
 SIZES = {"64B": 64, "64KiB": 64 << 10, "16MiB": 16 << 20, "256MiB": 256 << 20}
+
+
+def sizes(hot_size):
+    return [pytest.param(size, marks=hot(size == hot_size)) for size in SIZES]
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +25,7 @@ def sources():
         buf.release()
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", sizes("16MiB"))
 def test_extract(benchmark, sources, size):
     buf, _ = sources[size]
     mark(benchmark, f"copy out {size}", "memmanager:extract_buffer_region")
@@ -28,7 +33,7 @@ def test_extract(benchmark, sources, size):
     benchmark(lambda: buf.extract_buffer_region(0, end))
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", sizes(None))
 def test_slice_copy(benchmark, sources, size):
     buf, _ = sources[size]
     mark(benchmark, f"copy out {size}", "memmanager:buf[a:b]")
@@ -36,7 +41,7 @@ def test_slice_copy(benchmark, sources, size):
     benchmark(lambda: buf[0:n])
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", sizes("16MiB"))
 def test_bytes_of_memoryview(benchmark, sources, size):
     _, ba = sources[size]
     mark(benchmark, f"copy out {size}", "bytes(memoryview(ba)[a:b])")
@@ -44,7 +49,7 @@ def test_bytes_of_memoryview(benchmark, sources, size):
     benchmark(lambda: bytes(memoryview(ba)[0:n]))
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", sizes("64KiB"))
 def test_region(benchmark, sources, size):
     buf, _ = sources[size]
     mark(benchmark, f"zero-copy view {size}", "memmanager:region()")
@@ -52,7 +57,7 @@ def test_region(benchmark, sources, size):
     benchmark(lambda: buf.region(0, n))
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", sizes("64KiB"))
 def test_memoryview_slice(benchmark, sources, size):
     _, ba = sources[size]
     n = SIZES[size]
@@ -60,7 +65,7 @@ def test_memoryview_slice(benchmark, sources, size):
     benchmark(lambda: memoryview(ba)[0:n])
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", sizes("64KiB"))
 def test_numpy_asarray(benchmark, sources, size):
     numpy = pytest.importorskip("numpy")
     buf, _ = sources[size]
@@ -68,7 +73,7 @@ def test_numpy_asarray(benchmark, sources, size):
     benchmark(numpy.asarray, buf)
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", sizes("64KiB"))
 def test_numpy_frombuffer(benchmark, sources, size):
     numpy = pytest.importorskip("numpy")
     _, ba = sources[size]

@@ -7,12 +7,13 @@ import pytest
 
 from memmanager import Buffer
 
-from .conftest import mark
+from support import hot, mark
 
 LIVE = {"1e3": 10**3, "1e4": 10**4, "1e5": 10**5, "1e6": 10**6}
 
 
-@pytest.fixture(params=list(LIVE), scope="module")
+@pytest.fixture(scope="module",
+                params=[pytest.param(n, marks=hot(n in ("1e3", "1e6"))) for n in LIVE])
 def live(request):
     keep = [Buffer(64, 1) for _ in range(LIVE[request.param])]
     gc.collect()
