@@ -17,17 +17,22 @@ def sizes(hot_size):
 
 @pytest.fixture(scope="module")
 def sources():
+    """sources(size) -> (a Buffer, a bytearray) of that size, made once."""
     made = {}
-    for label, n in SIZES.items():
-        made[label] = (Buffer(n, 1, init_value=1), bytearray(b"\x01") * n)
-    yield made
+
+    def source(label):
+        if label not in made:
+            n = SIZES[label]
+            made[label] = (Buffer(n, 1, init_value=1), bytearray(b"\x01") * n)
+        return made[label]
+    yield source
     for buf, _ in made.values():
         buf.release()
 
 
 @pytest.mark.parametrize("size", sizes("16MiB"))
 def test_extract(benchmark, sources, size):
-    buf, _ = sources[size]
+    buf, _ = sources(size)
     mark(benchmark, f"copy out {size}", "memmanager:extract_buffer_region")
     end = SIZES[size] - 1
     benchmark(lambda: buf.extract_buffer_region(0, end))
@@ -35,7 +40,7 @@ def test_extract(benchmark, sources, size):
 
 @pytest.mark.parametrize("size", sizes(None))
 def test_slice_copy(benchmark, sources, size):
-    buf, _ = sources[size]
+    buf, _ = sources(size)
     mark(benchmark, f"copy out {size}", "memmanager:buf[a:b]")
     n = SIZES[size]
     benchmark(lambda: buf[0:n])
@@ -43,7 +48,7 @@ def test_slice_copy(benchmark, sources, size):
 
 @pytest.mark.parametrize("size", sizes("16MiB"))
 def test_bytes_of_memoryview(benchmark, sources, size):
-    _, ba = sources[size]
+    _, ba = sources(size)
     mark(benchmark, f"copy out {size}", "bytes(memoryview(ba)[a:b])")
     n = SIZES[size]
     benchmark(lambda: bytes(memoryview(ba)[0:n]))
@@ -51,7 +56,7 @@ def test_bytes_of_memoryview(benchmark, sources, size):
 
 @pytest.mark.parametrize("size", sizes("64KiB"))
 def test_region(benchmark, sources, size):
-    buf, _ = sources[size]
+    buf, _ = sources(size)
     mark(benchmark, f"zero-copy view {size}", "memmanager:region()")
     n = SIZES[size]
     benchmark(lambda: buf.region(0, n))
@@ -59,7 +64,7 @@ def test_region(benchmark, sources, size):
 
 @pytest.mark.parametrize("size", sizes("64KiB"))
 def test_memoryview_slice(benchmark, sources, size):
-    _, ba = sources[size]
+    _, ba = sources(size)
     n = SIZES[size]
     mark(benchmark, f"zero-copy view {size}", "memoryview(ba)[a:b]")
     benchmark(lambda: memoryview(ba)[0:n])
@@ -68,7 +73,7 @@ def test_memoryview_slice(benchmark, sources, size):
 @pytest.mark.parametrize("size", sizes("64KiB"))
 def test_numpy_asarray(benchmark, sources, size):
     numpy = pytest.importorskip("numpy")
-    buf, _ = sources[size]
+    buf, _ = sources(size)
     mark(benchmark, f"numpy view {size}", "memmanager:numpy.asarray(buf)")
     benchmark(numpy.asarray, buf)
 
@@ -76,6 +81,6 @@ def test_numpy_asarray(benchmark, sources, size):
 @pytest.mark.parametrize("size", sizes("64KiB"))
 def test_numpy_frombuffer(benchmark, sources, size):
     numpy = pytest.importorskip("numpy")
-    _, ba = sources[size]
+    _, ba = sources(size)
     mark(benchmark, f"numpy view {size}", "numpy.frombuffer(ba)")
     benchmark(numpy.frombuffer, ba, "u1")
