@@ -212,8 +212,9 @@ END = "<!-- end of what make bench writes -->"
 def markdown(table, run_info, png_name):
     lines = [BEGIN, "", "## Results", "",
              f"Machine: {run_info['machine']}.  ",
-             f"Run: {run_info['when']}, {run_info['repeats']} repeats of every benchmark, "
-             f"{run_info['seconds']:.0f} s in all.", "",
+             f"Run: {run_info['when']}, {run_info['repeats']} repeats of every benchmark"
+             + ("." if run_info["seconds"] is None else f", {run_info['seconds']:.0f} s in all."),
+             "",
              summary(table) + ".", "",
              "### Targets", "",
              "The design's targets, then the suite's own bars (marked *bar*). "
@@ -291,7 +292,7 @@ def plot(table, path):
     for ax, (rows_, title) in zip(axes[:, 0], panels):
         _bars(ax, rows_, title)
     axes[-1, 0].set_xlabel("memmanager's time / the peer's (log scale; left of 1: "
-                           "memmanager is faster; whiskers: range over the repeats)")
+                           "memmanager is faster; whiskers: range over the repeats)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -8,7 +8,8 @@ benchmark, --repeats interleaved repeats), prints the ratios and rewrites
 the generated part of OUT/benchmarks.md and OUT/benchmarks.png.  --quick
 runs only the rows the design's targets name (the `hotpath` marker), with
 shorter timings, and prints their ratio table; it writes no page.  Either
-keeps the raw results in benchmarks/results/ (not tracked by git).
+keeps the raw results in benchmarks/results/ (not tracked by git);
+--from-json reports one of them again without running anything.
 Extra arguments after -- go to pytest (e.g. -- -k consume).
 """
 
@@ -56,6 +57,8 @@ def main(argv=None):
                         help="interleaved repeats (default: 5 quick, 3 full)")
     parser.add_argument("--max-time", type=float, default=None,
                         help="seconds per benchmark and repeat (default: 0.1 quick, 0.3 full)")
+    parser.add_argument("--from-json", default=None, metavar="PATH",
+                        help="run nothing: report the results of an earlier run")
     args = parser.parse_args(argv)
     try:
         import pytest
@@ -71,7 +74,8 @@ def main(argv=None):
     max_time = args.max_time or (0.1 if args.quick else 0.3)
     results = os.path.join(HERE, "results")
     os.makedirs(results, exist_ok=True)
-    json_path = os.path.join(results, "quick.json" if args.quick else "full.json")
+    json_path = os.path.join(results, time.strftime(
+        f"{'quick' if args.quick else 'full'}-%Y%m%d-%H%M%S.json"))
     pytest_args = [HERE, "-q", "-c", os.path.join(HERE, "pytest.ini"),
                    "--rootdir", HERE, f"--repeats={repeats}",
                    f"--benchmark-json={json_path}", f"--benchmark-storage=file://{results}",
@@ -81,15 +85,20 @@ def main(argv=None):
     if args.quick:
         pytest_args += ["-m", "hotpath"]
     started = time.monotonic()
-    status = pytest.main(pytest_args + extra)
-    seconds = time.monotonic() - started
-    if status != 0:
-        return int(status)
+    if args.from_json:
+        json_path, seconds = args.from_json, None
+    else:
+        status = pytest.main(pytest_args + extra)
+        seconds = time.monotonic() - started
+        if status != 0:
+            return int(status)
     groups, only, _ = report.load(json_path)
     table = report.rows(groups, only)
+    repeats = max((row.repeats for row in table), default=repeats)
     print()
     print(report.text_table(report.target_rows(table) if args.quick else table))
-    print(f"\n{report.summary(table)}; {repeats} repeats, {seconds:.0f} s")
+    took = "" if seconds is None else f", {seconds:.0f} s"
+    print(f"\n{report.summary(table)}; {repeats} repeats{took}; results in {json_path}")
     if args.out:
         run_info = {"machine": machine_description(), "repeats": repeats, "seconds": seconds,
                     "when": time.strftime("%Y-%m-%d")}
