@@ -61,11 +61,21 @@ lint: build
 test: build
 	$(PY) -m pytest -q tests
 
-# The whole comparison against the peers (pytest-benchmark), regenerating
-# docs/benchmarks.md and docs/benchmarks.png.
-bench: build
-	$(PY) -m pip install -q -e '.[test,bench]' --no-build-isolation
-	$(PY) -m memmanager.bench --out docs
+# ---------------------------------------------------------------------------
+# Benchmarks: one suite, benchmarks/bench_*.py on pytest-benchmark, driven
+# by benchmarks/run.py (docs/benchmarks.md says what each row compares).
+#   make bench        the whole suite, 3 interleaved repeats; prints every
+#                     ratio and rewrites the generated part of
+#                     docs/benchmarks.md and docs/benchmarks.png
+#   make bench-quick  only the rows the design's targets name (the hotpath
+#                     marker), 5 repeats, shorter timings: a ratio table on
+#                     stdout, writes no page
+#   make callgrind    instructions per hot-path operation under valgrind
+#                     (stable on a noisy machine)
+# BENCH_ARGS go to benchmarks/run.py: e.g. BENCH_ARGS='--repeats 5 -- -k consume'.
+# The bench extra's packages are installed once, without reinstalling the
+# package (the extension in place stays the flavour it is).
+BENCH_ARGS ?=
 
 # The documentation site (Sphinx + MyST, docs/conf.py) in build/docs: every
 # warning is an error (-W, --keep-going to list them all), every
@@ -80,14 +90,18 @@ docs: build $(VENV)/.docs-installed
 	$(PY) -m sphinx -b html -n -W --keep-going -q docs build/docs
 	@echo "docs: build/docs/index.html"
 
-# Quick ratios of the core's hot paths against their peers (DESIGN section 9),
-# and of the allocators against the system calls they wrap.
-bench-quick: build
-	$(PY) benchmarks/bench_core.py
-	cd benchmarks && ../$(PY) bench_consume.py
-	$(PY) benchmarks/bench_allocators.py
+$(VENV)/.bench: $(VENV)/.installed pyproject.toml
+	$(PY) -c "import subprocess, sys, tomllib; \
+	extra = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']; \
+	subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', *extra])"
+	touch $@
 
-# Instructions per hot-path operation under valgrind (stable on noisy machines).
+bench: build $(VENV)/.bench
+	$(PY) benchmarks/run.py --out docs $(BENCH_ARGS)
+
+bench-quick: build $(VENV)/.bench
+	$(PY) benchmarks/run.py --quick $(BENCH_ARGS)
+
 callgrind: build
 	$(PY) benchmarks/callgrind_hotpaths.py
 

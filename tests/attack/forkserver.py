@@ -207,7 +207,8 @@ def main(argv: List[str]) -> int:
     if os.environ.get("MEMMANAGER_CUDA_LIBRARY"):
         memmanager.cuda.is_available()
     # Everything imported so far is out of the collector's sight: a
-    # gc.collect() in a case then scans the case's objects only (35 ms -> 0.1).
+    # gc.collect() in a case then scans the case's objects only (what that
+    # saves: docs/benchmarks.md, measured facts).
     gc.collect()
     gc.freeze()
     suite, out_path = argv[1], argv[2]

@@ -7,16 +7,21 @@ import pytest
 
 from memmanager import Buffer
 
-from .conftest import mark
+from support import hot, mark
 
 LIVE = {"1e3": 10**3, "1e4": 10**4, "1e5": 10**5, "1e6": 10**6}
 
 
-@pytest.fixture(params=list(LIVE), scope="module")
+@pytest.fixture(scope="module",
+                params=[pytest.param(n, marks=hot(n in ("1e3", "1e6"))) for n in LIVE])
 def live(request):
-    keep = [Buffer(64, 1) for _ in range(LIVE[request.param])]
     gc.collect()
-    gc.freeze()           # keep the collector off the million live objects
+    gc.disable()          # no collections while the million objects are made
+    try:
+        keep = [Buffer(64, 1) for _ in range(LIVE[request.param])]
+    finally:
+        gc.enable()
+    gc.freeze()           # and none that scan them afterwards
     yield request.param
     gc.unfreeze()
     del keep

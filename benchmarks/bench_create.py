@@ -1,4 +1,5 @@
-"""create + destroy at 64 B, 4 KiB, 1 MiB, 64 MiB, every allocator vs peers."""
+"""create + destroy at 64 B, 4 KiB, 1 MiB and 64 MiB: every allocator that
+can allocate here against the peers that make a block of bytes."""
 
 import ctypes
 
@@ -6,13 +7,16 @@ import pytest
 
 from memmanager import Buffer
 
-from .conftest import allocating_allocators, mark
+from support import allocating_allocators, hot, mark
 
 SIZES = {"64B": 64, "4KiB": 4 << 10, "1MiB": 1 << 20, "64MiB": 64 << 20}
 
+OURS = [pytest.param(allocator, size, id=f"{allocator}-{size}",
+                     marks=hot(allocator == "PyAlloc" and size == "64B"))
+        for allocator in allocating_allocators() for size in SIZES]
 
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("allocator", allocating_allocators())
+
+@pytest.mark.parametrize("allocator, size", OURS)
 def test_memmanager(benchmark, allocator, size):
     mark(benchmark, f"create+destroy {size}", f"memmanager:{allocator}")
     if allocator == "PyAlloc":   # the default: Buffer(n, 1), as users write it
@@ -47,10 +51,12 @@ def _peers():
 
 
 PEERS = _peers()
+PEER_CASES = [pytest.param(peer, size, id=f"{peer}-{size}",
+                           marks=hot(peer in ("bytearray", "numpy.empty") and size == "64B"))
+              for peer in PEERS for size in SIZES]
 
 
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("peer", PEERS)
+@pytest.mark.parametrize("peer, size", PEER_CASES)
 def test_peer(benchmark, peer, size):
     mark(benchmark, f"create+destroy {size}", peer)
     function, before, after = PEERS[peer]

@@ -7,7 +7,7 @@ import weakref
 
 from memmanager import Buffer
 
-from .conftest import mark
+from support import mark
 
 
 def _noop(*args):
