@@ -3,8 +3,8 @@
  * up on the class it was defined on.
  *
  * A plain METH_CLASS method makes a new bound method object on every
- * `Buffer.consume` lookup; for a call that costs a few hundred
- * nanoseconds that object is a large share.  This descriptor binds the
+ * `Buffer.consume` lookup; for a call as cheap as consume() that object
+ * is a large share of the cost.  This descriptor binds the
  * C function to its defining class once and hands that same object out;
  * looked up on a subclass (or an instance of one) it binds afresh, so
  * subclasses still get themselves as `cls`.
