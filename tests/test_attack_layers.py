@@ -113,3 +113,170 @@ def test_table_replaced_while_a_method_runs(restore_table):
     assert b.view_names() == "replaced while running"
     assert b.view_names() == []
     assert seen == [b]
+
+
+# ---------------------------------------------------------------------------
+# Code that runs while an exception propagates keeps it (src/core/compat.h)
+# ---------------------------------------------------------------------------
+
+import os
+import subprocess
+import textwrap
+
+
+def run_python(code, env_extra=None, timeout=120):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.pop("MEMMANAGER_DEBUG", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+class Outer(Exception):
+    pass
+
+
+def raising(exc):
+    def stub(*args):
+        raise exc
+    return stub
+
+
+class GetattrRaises:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __getattr__(self, name):
+        raise self.exc
+
+
+def die_while_raising(make, lazy=False):
+    """What make() returns dies in C with an exception set: the argument
+    of a call that fails is dropped by the interpreter after the call
+    returned its error (no frame holds it, so no traceback keeps it).
+    lazy: the error is set by C code (on 3.11 not yet an instance).
+    Returns (the exception raised, the exception caught)."""
+    held = [make()]
+    raised = None if lazy else Outer("outer")
+    try:
+        if lazy:
+            abs(held.pop())     # TypeError, set by PyErr_Format
+        else:
+            getattr(GetattrRaises(raised), "name", held.pop())
+    except (Outer, TypeError) as caught:
+        return raised, caught
+    raise AssertionError("nothing was raised")
+
+
+def check_kept(raised, caught, unraisable, stub_types):
+    if raised is not None:
+        assert caught is raised
+    else:
+        assert type(caught) is TypeError and "bad operand type for abs()" in str(caught)
+    assert caught.__context__ is None and caught.__cause__ is None
+    assert caught.__traceback__.tb_frame.f_code.co_name == "die_while_raising"
+    assert [t for t, _, _ in unraisable] == stub_types
+
+
+STUB_ERRORS = [ZeroDivisionError("stub"), KeyboardInterrupt(), SystemExit(3),
+               MemoryError()]
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["raised", "lazy"])
+@pytest.mark.parametrize("stub_error", STUB_ERRORS, ids=lambda e: type(e).__name__)
+def test_death_stub_during_unwinding(stub_error, lazy):
+    with catch_unraisable() as unraisable:
+        raised, caught = die_while_raising(
+            lambda: Buffer(8, 1, death_stub=raising(stub_error)), lazy)
+    check_kept(raised, caught, unraisable, [type(stub_error)])
+
+
+@pytest.mark.parametrize("stub_error", STUB_ERRORS, ids=lambda e: type(e).__name__)
+def test_subclass_del_and_stub_during_unwinding(stub_error):
+    class Sub(Buffer):
+        def __del__(self):
+            raise RuntimeError("__del__")
+
+    with catch_unraisable() as unraisable:
+        raised, caught = die_while_raising(lambda: Sub(8, 1, death_stub=raising(stub_error)))
+    check_kept(raised, caught, unraisable, [type(stub_error), RuntimeError])
+
+
+class FailingFree:
+    """A plug-in whose free() raises what it is given."""
+
+    def __init__(self, error):
+        self.error = error
+        self.blocks = {}
+
+    def malloc(self, num_items, item_size, init_byte, options):
+        import ctypes
+        block = (ctypes.c_char * (num_items * item_size))()
+        if init_byte is not None:
+            ctypes.memset(block, init_byte, num_items * item_size)
+        self.blocks[ctypes.addressof(block)] = block
+        return block
+
+    def get_buffer_address(self, handle):
+        import ctypes
+        return ctypes.addressof(handle)
+
+    def free(self, address):
+        self.blocks.pop(address)
+        raise self.error
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["raised", "lazy"])
+@pytest.mark.parametrize("free_error", STUB_ERRORS, ids=lambda e: type(e).__name__)
+def test_plugin_free_during_unwinding(free_error, lazy):
+    plugin = FailingFree(free_error)
+    name = "LayersFailingFree"
+    memmanager.register_allocator(name, plugin)
+    with catch_unraisable() as unraisable:
+        raised, caught = die_while_raising(
+            lambda: Buffer(8, 1, allocator=name, init_value=3), lazy)
+    check_kept(raised, caught, unraisable, [type(free_error)])
+    assert plugin.blocks == {}
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["raised", "lazy"])
+def test_dlpack_capsule_dies_during_unwinding(lazy):
+    """The capsule is the last holder of the buffer: its destructor drops
+    the owner, whose death stub raises."""
+    def make():
+        buf = Buffer(8, 1, death_stub=raising(KeyboardInterrupt()))
+        return buf.__dlpack__()
+
+    with catch_unraisable() as unraisable:
+        raised, caught = die_while_raising(make, lazy)
+    check_kept(raised, caught, unraisable, [KeyboardInterrupt])
+
+
+def test_guard_report_during_unwinding():
+    """MEMMANAGER_DEBUG=1: damaged guard bytes found while an exception
+    propagates, with the warning made an error: the report goes to the
+    unraisable hook and the exception comes out as it went in."""
+    proc = run_python("""
+        import ctypes, sys, warnings, memmanager
+        assert memmanager._core.DEBUG == 1
+        seen = []
+        sys.unraisablehook = lambda args: seen.append(args.exc_type)
+        warnings.simplefilter("error")
+        class Outer(Exception):
+            pass
+        class GetattrRaises:
+            def __getattr__(self, name):
+                raise raised
+        raised = Outer("outer")
+        held = [memmanager.Buffer(16, 1, allocator="CMalloc", init_value=1)]
+        ctypes.memset(held[0].address + 16, 0x41, 1)
+        try:
+            getattr(GetattrRaises(), "name", held.pop())   # dies with Outer set
+        except Outer as exc:
+            assert exc is raised and exc.__context__ is None, exc.__context__
+        assert seen == [RuntimeWarning], seen
+        print("ok")
+    """, {"MEMMANAGER_DEBUG": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
