@@ -280,3 +280,20 @@ def test_guard_report_during_unwinding():
     """, {"MEMMANAGER_DEBUG": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_copy_takes_no_argument():
+    """Buffer.__copy__ ($self, /) forwarded to the function __deepcopy__
+    shares, whose optional memo made b.__copy__(memo) a deep copy of a
+    subclass's state (and b.__copy__(1) an error about item assignment)."""
+    class Sub(Buffer):
+        pass
+
+    b = Sub(4, 1, init_value=5)
+    b.state = [[1]]
+    with pytest.raises(TypeError):
+        b.__copy__({})
+    shallow, deep = copy.copy(b), copy.deepcopy(b)
+    assert shallow.state is b.state
+    assert deep.state == b.state and deep.state is not b.state
+    assert bytes(shallow) == bytes(deep) == b"\x05" * 4
