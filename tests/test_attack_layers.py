@@ -297,3 +297,65 @@ def test_copy_takes_no_argument():
     assert shallow.state is b.state
     assert deep.state == b.state and deep.state is not b.state
     assert bytes(shallow) == bytes(deep) == b"\x05" * 4
+
+
+# ---------------------------------------------------------------------------
+# The GPU state hangs on the buffer as an attachment (src/cuda/device.c)
+# ---------------------------------------------------------------------------
+
+import weakref
+
+
+@pytest.mark.parametrize("then", ["nothing", "release", "exit", "view"])
+def test_death_stub_maps_the_dying_buffer(fake_cuda, then):
+    """The stub runs with the memory still there; one that finds the
+    buffer (a weak reference still answers) and maps it again, or
+    releases it from inside its own death, leaves no device memory."""
+    live = fake_cuda.get("device_live")
+    seen = []
+
+    def stub(info):
+        buf = ref()
+        if buf is None:
+            seen.append("gone")
+            return
+        buf.device_movement("enter", "to", device_id=1)
+        seen.append(sorted(buf.device_mappings()))
+        if then == "release":
+            buf.release()
+            seen.append(buf.released)
+        elif then == "exit":
+            buf.device_movement("exit", "from", device_id=1)
+        elif then == "view":
+            view = buf.device_view(1)
+            seen.append(view.__cuda_array_interface__["shape"])
+            del view
+
+    buf = Buffer(64, 1, init_value=2, death_stub=stub)
+    buf.device_movement("enter", "to", device_id=0)
+    ref = weakref.ref(buf)
+    del buf
+    gc.collect()
+    assert ref() is None
+    assert seen[0] == [0, 1]
+    if then == "release":
+        assert seen[1] is True
+    assert fake_cuda.get("device_live") == live
+
+
+def test_release_while_viewed_then_dealloc(fake_cuda):
+    live = fake_cuda.get("device_live")
+    buf = Buffer(64, 1, init_value=1)
+    buf.device_movement("enter", "to", device_id=0)
+    view = buf.device_view(0)
+    with pytest.raises(BufferError):
+        buf.release()
+    with pytest.raises(BufferError):
+        buf.device_movement("exit", "release", device_id=0)
+    assert buf.device_mappings()[0]["views"] == 1
+    del buf                    # the view holds it
+    gc.collect()
+    assert fake_cuda.get("device_live") == live + 1
+    del view
+    gc.collect()
+    assert fake_cuda.get("device_live") == live
