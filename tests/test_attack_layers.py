@@ -359,3 +359,102 @@ def test_release_while_viewed_then_dealloc(fake_cuda):
     del view
     gc.collect()
     assert fake_cuda.get("device_live") == live
+
+
+# ---------------------------------------------------------------------------
+# Python plug-ins: the GIL stays held around every call, and the init byte
+# is the plug-in's to write (the flags moved to the kind's registration)
+# ---------------------------------------------------------------------------
+
+class GilChecking:
+    """Records, at each call, whether this thread holds the GIL, and
+    fills with init_byte + 1 so that a fill by memmanager would show."""
+
+    def __init__(self):
+        import ctypes
+        self.ctypes = ctypes
+        self.held = []
+        self.blocks = {}
+
+    def _gil(self):
+        self.held.append(bool(self.ctypes.pythonapi.PyGILState_Check()))
+
+    def malloc(self, num_items, item_size, init_byte, options):
+        self._gil()
+        size = num_items * item_size
+        block = (self.ctypes.c_char * size)()
+        if init_byte is not None:
+            self.ctypes.memset(block, (init_byte + 1) % 256, size)
+        self.blocks[self.ctypes.addressof(block)] = block
+        return block
+
+    def get_buffer_address(self, handle):
+        self._gil()
+        return self.ctypes.addressof(handle)
+
+    def consume(self, source, length, options):
+        self._gil()
+        block = (self.ctypes.c_char * length)()
+        self.ctypes.memmove(block, bytes(source)[:length], length)
+        self.blocks[self.ctypes.addressof(block)] = block
+        return block
+
+    def free(self, address):
+        self._gil()
+        self.blocks.pop(address)
+
+
+@pytest.mark.parametrize("init_value", [None, 0, 7])
+def test_big_plugin_buffers_keep_the_gil_and_the_plugins_fill(init_value):
+    plugin = GilChecking()
+    name = "LayersGilChecking"
+    memmanager.register_allocator(name, plugin)
+    size = 4 << 20          # above every size memmanager drops the GIL for
+    buf = Buffer(size, 1, allocator=name, init_value=init_value)
+    if init_value is not None:
+        expected = bytes([init_value + 1]) * 4
+        assert bytes(buf[:4]) == expected and bytes(buf[size - 4:]) == expected
+    buf.release()
+    adopted = Buffer.consume(bytes(size), size, 1, allocator=name)
+    adopted.release()
+    assert plugin.blocks == {}
+    assert len(plugin.held) >= 6 and all(plugin.held), plugin.held
+
+
+# ---------------------------------------------------------------------------
+# consume(): every path registers its region (owned, or shared for the
+# buffers that free nothing), with C assertions on under make asan
+# ---------------------------------------------------------------------------
+
+class SubBuffer(Buffer):
+    pass
+
+
+def test_every_consume_path_registers_and_leaves(libc):
+    plugin = GilChecking()
+    memmanager.register_allocator("LayersConsume", plugin)
+    before = _core._registry_check()
+    block = libc.malloc(64)
+    arena = bytearray(b"\x01" * 64)
+    made = [
+        SubBuffer.consume(block, 64, 1, allocator="Borrowed", delayed_gc=False),
+        SubBuffer.consume(block, 32, 1, allocator="Borrowed", delayed_gc=False),  # shared
+        SubBuffer.consume(arena, 64, 1, delayed_gc=False),                 # zero-copy
+        SubBuffer.consume(arena, 64, 1, delayed_gc=False, copy=True),      # a copy
+        SubBuffer.consume(bytes(64), 64, 1, allocator="LayersConsume", delayed_gc=False),
+    ]
+    with pytest.raises(memmanager.OverlapError):    # owned over shared: refused
+        Buffer.consume([block], 64, 1, allocator="CMalloc", delayed_gc=False)
+    assert all(type(b) is SubBuffer for b in made)
+    assert _core._registry_check() == before + len(made)
+    assert made[0].address == made[1].address == block
+    assert made[2].address != made[3].address
+    for b in made:
+        b.release()
+    assert _core._registry_check() == before
+    holder = [block]
+    owned = SubBuffer.consume(holder, 64, 1, allocator="CMalloc", delayed_gc=False)
+    assert holder == [0] and _core._registry_check() == before + 1
+    owned.release()            # CMalloc frees the block (it may have moved it)
+    assert _core._registry_check() == before
+    assert plugin.blocks == {}
