@@ -458,3 +458,67 @@ def test_every_consume_path_registers_and_leaves(libc):
     owned.release()            # CMalloc frees the block (it may have moved it)
     assert _core._registry_check() == before
     assert plugin.blocks == {}
+
+
+# ---------------------------------------------------------------------------
+# The forwarders: arguments, subclasses, reload
+# ---------------------------------------------------------------------------
+
+def test_forwarders_pass_arguments_through():
+    b = SubBuffer(8, 1, init_value=1)
+    view = b.create_view("memoryview", view_name="m")
+    assert b.get_view(name="m") is view
+    assert b.view_names() == ["m"]
+    assert bytes(b.clone_view(name="m")) == b"\x01" * 8
+    with pytest.raises(TypeError):
+        b.view_names(1)
+    with pytest.raises(TypeError):
+        b.get_view("m", "extra")
+    with pytest.raises(TypeError):
+        b.get_view(nom="m")
+    with pytest.raises(TypeError):
+        Buffer.get_view(object(), "m")
+    with pytest.raises(TypeError):
+        Buffer.view_names()
+    b.delete_view(name="m")
+    with pytest.raises(KeyError):
+        b.get_view("m")
+    del view
+    b.release()
+
+
+def test_subclass_pickles_and_copies_as_itself():
+    b = SubBuffer(8, 1, init_value=3)
+    b.note = "kept"
+    shared = SubBuffer(8, 1, allocator="SharedMemory", init_value=4)
+    shared.note = "shared"
+    for clone in (pickle.loads(pickle.dumps(b)), pickle.loads(pickle.dumps(b, protocol=5)),
+                  copy.copy(b), copy.deepcopy(b)):
+        assert type(clone) is SubBuffer and clone.note == "kept"
+        assert bytes(clone) == b"\x03" * 8 and clone.address != b.address
+    attached = pickle.loads(pickle.dumps(shared))
+    assert type(attached) is SubBuffer and attached.note == "shared"
+    assert attached.name == shared.name and bytes(attached) == b"\x04" * 8
+    attached[0] = 9
+    assert shared[0] == 9
+    attached.release()
+    shared.release()
+
+
+def test_reload_installs_the_methods_again():
+    proc = run_python("""
+        import gc, importlib, pickle, memmanager
+        b = memmanager.Buffer(4, 1, init_value=2)
+        b.create_view("memoryview", view_name="v")
+        importlib.reload(memmanager)
+        gc.collect()
+        assert memmanager.Buffer is b.__class__
+        assert b.view_names() == ["v"]
+        assert bytes(pickle.loads(pickle.dumps(b))) == b"\\x02" * 4
+        names = {"create_view", "get_view", "delete_view", "clone_view", "view_names",
+                 "__reduce_ex__", "__copy__", "__deepcopy__"}
+        assert not [o for o in gc.get_objects() if isinstance(o, dict) and set(o) == names]
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
