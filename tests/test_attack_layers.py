@@ -31,6 +31,28 @@ def restore_table():
     _core._set_python_methods(installed_table())
 
 
+class RetiredPlugin:
+    def malloc(self, num_items, item_size, init_byte, options):
+        raise ValueError("a retired test allocator")
+
+    def get_buffer_address(self, handle):
+        raise ValueError("a retired test allocator")
+
+    def free(self, address):
+        pass
+
+
+@pytest.fixture
+def plugin_name(request):
+    """A fresh allocator name, re-registered at teardown with a plug-in that
+    refuses to allocate: a plug-in stays registered for the life of the
+    process, and later tests that enumerate the allocators (test_exit runs
+    them in a child, which has no such plug-in) skip it."""
+    name = "Layers_" + "".join(c for c in request.node.name if c.isalnum())[:40]
+    yield name
+    memmanager.register_allocator(name, RetiredPlugin())
+
+
 # ---------------------------------------------------------------------------
 # The table of Python-written methods
 # ---------------------------------------------------------------------------
@@ -229,9 +251,9 @@ class FailingFree:
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["raised", "lazy"])
 @pytest.mark.parametrize("free_error", STUB_ERRORS, ids=lambda e: type(e).__name__)
-def test_plugin_free_during_unwinding(free_error, lazy):
+def test_plugin_free_during_unwinding(free_error, lazy, plugin_name):
     plugin = FailingFree(free_error)
-    name = "LayersFailingFree"
+    name = plugin_name
     memmanager.register_allocator(name, plugin)
     with catch_unraisable() as unraisable:
         raised, caught = die_while_raising(
@@ -405,9 +427,9 @@ class GilChecking:
 
 
 @pytest.mark.parametrize("init_value", [None, 0, 7])
-def test_big_plugin_buffers_keep_the_gil_and_the_plugins_fill(init_value):
+def test_big_plugin_buffers_keep_the_gil_and_the_plugins_fill(init_value, plugin_name):
     plugin = GilChecking()
-    name = "LayersGilChecking"
+    name = plugin_name
     memmanager.register_allocator(name, plugin)
     size = 4 << 20          # above every size memmanager drops the GIL for
     buf = Buffer(size, 1, allocator=name, init_value=init_value)
@@ -430,9 +452,9 @@ class SubBuffer(Buffer):
     pass
 
 
-def test_every_consume_path_registers_and_leaves(libc):
+def test_every_consume_path_registers_and_leaves(libc, plugin_name):
     plugin = GilChecking()
-    memmanager.register_allocator("LayersConsume", plugin)
+    memmanager.register_allocator(plugin_name, plugin)
     before = _core._registry_check()
     block = libc.malloc(64)
     arena = bytearray(b"\x01" * 64)
@@ -441,7 +463,7 @@ def test_every_consume_path_registers_and_leaves(libc):
         SubBuffer.consume(block, 32, 1, allocator="Borrowed", delayed_gc=False),  # shared
         SubBuffer.consume(arena, 64, 1, delayed_gc=False),                 # zero-copy
         SubBuffer.consume(arena, 64, 1, delayed_gc=False, copy=True),      # a copy
-        SubBuffer.consume(bytes(64), 64, 1, allocator="LayersConsume", delayed_gc=False),
+        SubBuffer.consume(bytes(64), 64, 1, allocator=plugin_name, delayed_gc=False),
     ]
     with pytest.raises(memmanager.OverlapError):    # owned over shared: refused
         Buffer.consume([block], 64, 1, allocator="CMalloc", delayed_gc=False)
