@@ -103,6 +103,11 @@ def _copy(self: Any, memo: Optional[dict] = None) -> Any:
     return clone
 
 
+def _shallow_copy(self: Any) -> Any:
+    """__copy__ takes no argument (a memo would make it a deep copy)."""
+    return _copy(self)
+
+
 def _deepcopy(self: Any, memo: dict) -> Any:
     return _copy(self, memo)
 
@@ -133,4 +138,4 @@ def rebuild_buffer(cls: Any, data: Any, num_items: int, item_size: int,
 def python_methods() -> Dict[str, Callable[..., Any]]:
     """__reduce_ex__, __copy__ and __deepcopy__ by name, for the C type to
     call (memmanager/__init__.py hands them to the core at import)."""
-    return {"__reduce_ex__": reduce_ex, "__copy__": _copy, "__deepcopy__": _deepcopy}
+    return {"__reduce_ex__": reduce_ex, "__copy__": _shallow_copy, "__deepcopy__": _deepcopy}

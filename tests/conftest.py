@@ -338,3 +338,36 @@ def no_cuda(tmp_path):
     missing = tmp_path / "no-such-libcuda.so.1"
     with cuda_library(missing):
         yield str(missing)
+
+
+# ---------------------------------------------------------------------------
+# Subinterpreters in a child process: source text that defines
+# `interpreters` (_interpreters on 3.13, _xxsubinterpreters before),
+# new_interp() and a run_string that raises what failed there.
+# memmanager loads only in interpreters that share the main GIL: 3.12's and
+# 3.13's create() makes one with a GIL of its own by default, where the
+# import fails.  3.13's run_string returns the subinterpreter's exception
+# instead of raising it.
+# ---------------------------------------------------------------------------
+
+SUBINTERPRETERS = """
+try:
+    import _interpreters as interpreters           # 3.13 and later
+except ImportError:
+    import _xxsubinterpreters as interpreters      # 3.11, 3.12
+
+def new_interp():
+    for args, kwargs in ((("legacy",), {}), ((), {"isolated": False})):
+        try:
+            return interpreters.create(*args, **kwargs)
+        except (TypeError, ValueError):
+            pass
+    return interpreters.create()
+
+_unchecked_run_string = interpreters.run_string
+def _checked_run_string(*args, **kwargs):
+    failure = _unchecked_run_string(*args, **kwargs)
+    if failure is not None:
+        raise RuntimeError("in the subinterpreter: " + failure.formatted)
+interpreters.run_string = _checked_run_string
+"""

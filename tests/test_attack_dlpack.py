@@ -107,11 +107,23 @@ def sub_code(body):
 """
 
 
+# 3.13's run_string returns the subinterpreter's exception instead of
+# raising it: without this, a failed assert there only left "ok" unprinted.
+CHECKED_RUN_STRING = """
+_unchecked_run_string = interpreters.run_string
+def _checked_run_string(*args, **kwargs):
+    failure = _unchecked_run_string(*args, **kwargs)
+    if failure is not None:
+        raise RuntimeError("in the subinterpreter: " + failure.formatted)
+interpreters.run_string = _checked_run_string
+"""
+
+
 def run_child(body, timeout=60):
     """Runs HELPERS + body in a fresh interpreter; a hang is a failure."""
     module = interpreters_module()
-    code = (HELPERS + f"\nimport {module} as interpreters\n" + SUB_CODE_DEF +
-            textwrap.dedent(body))
+    code = (HELPERS + f"\nimport {module} as interpreters\n" + CHECKED_RUN_STRING +
+            SUB_CODE_DEF + textwrap.dedent(body))
     try:
         done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
                               capture_output=True, text=True, timeout=timeout,
@@ -155,7 +167,10 @@ def test_consumed_tensor_deleted_inside_a_subinterpreter(how, max_version):
     out = run_child(f"""
         interp = new_interp()
         interpreters.run_string(interp, sub_code('''
-            _x = sys.modules.get('_interpreters') or __import__('_xxsubinterpreters')
+            try:           # 3.13 names it _interpreters (not yet imported here)
+                import _interpreters as _x
+            except ImportError:
+                import _xxsubinterpreters as _x
             seen = []
             def stub(info):
                 seen.append(_x.get_current())

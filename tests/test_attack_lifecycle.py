@@ -19,7 +19,7 @@ import pytest
 import memmanager
 from memmanager import Buffer
 
-from conftest import live_entry
+from conftest import SUBINTERPRETERS, live_entry
 
 
 def run_python(code, env_extra=None, timeout=120):
@@ -121,19 +121,15 @@ def test_live_buffers_of_a_subinterpreter_are_its_own():
              "assert theirs.identifier in ids, ids\n"
              "memmanager.report()\n"
              "theirs.release()\n")
-    proc = run_python("""
+    proc = run_python(SUBINTERPRETERS + textwrap.dedent("""
         import memmanager
-        try:
-            import _interpreters as interpreters
-        except ImportError:
-            import _xxsubinterpreters as interpreters
         mine = memmanager.Buffer(8, 1)
-        interp = interpreters.create()
+        interp = new_interp()
         interpreters.run_string(interp, INNER.replace("MINE", str(mine.identifier)))
         interpreters.destroy(interp)
         assert mine.identifier in [r.identifier for r in memmanager.live_buffers()]
         print("ok")
-    """.replace("INNER", repr(inner)))
+    """).replace("INNER", repr(inner)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
 

@@ -25,6 +25,8 @@ import pytest
 import memmanager
 from memmanager import Buffer, OverlapError
 
+from conftest import SUBINTERPRETERS
+
 
 def run_python(code, timeout=60):
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
@@ -101,17 +103,13 @@ def test_subinterpreter_ended_at_exit_keeps_the_exit_status():
     # and took it again while the runtime finalised: the main thread ended
     # there, the exit status was lost, and with another thread alive the
     # process hung.
-    child = run_python("""
+    child = run_python(SUBINTERPRETERS + textwrap.dedent("""
         import sys, threading, time
-        try:
-            import _xxsubinterpreters as si
-        except ImportError:
-            import _interpreters as si
         threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
-        iid = si.create()
-        si.run_string(iid, "import memmanager")
+        iid = new_interp()
+        interpreters.run_string(iid, "import memmanager")
         sys.exit(3)
-    """, timeout=20)
+    """), timeout=20)
     assert child.returncode == 3, child.stderr[-2000:]
 
 

@@ -27,6 +27,8 @@ import pytest
 import memmanager
 from memmanager import Buffer
 
+from conftest import SUBINTERPRETERS
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHM_DIR = "/dev/shm"
 
@@ -183,14 +185,12 @@ def test_names_unlinked_at_exit_while_exports_live():
 
 
 def test_exit_hook_unlinks_only_names_of_this_interpreter():
-    interpreters = pytest.importorskip("_xxsubinterpreters")
-    del interpreters
-    result = run_python("""
-        import os, _xxsubinterpreters as interpreters
+    result = run_python(SUBINTERPRETERS + textwrap.dedent("""
+        import os
         from memmanager import Buffer
         main = Buffer(4096, 1, allocator="SharedMemory")
         main_view = memoryview(main)
-        interp = interpreters.create()
+        interp = new_interp()
         read, write = os.pipe()
         interpreters.run_string(interp, "\\n".join([
             "import os",
@@ -205,7 +205,7 @@ def test_exit_hook_unlinks_only_names_of_this_interpreter():
         interpreters.destroy(interp)         # runs the subinterpreter's atexit
         print(sub_name, os.path.exists("/dev/shm/" + sub_name))
         print(main.name, os.path.exists("/dev/shm/" + main.name))
-    """, MEMMANAGER_SHM_TRACKER="0")
+    """), MEMMANAGER_SHM_TRACKER="0")
     assert result.returncode == 0, result.stderr
     (sub_name, sub_after), (main_name, main_during) = (
         line.split() for line in result.stdout.splitlines())

@@ -29,7 +29,7 @@ import memmanager
 from memmanager import Buffer
 
 import surface
-from conftest import catch_unraisable, scaled
+from conftest import SUBINTERPRETERS, catch_unraisable, scaled
 
 STRESS_SECONDS = scaled(2.0, 0.5)
 WORKERS = 4
@@ -343,14 +343,10 @@ def test_threads_stress_on_the_gil_alone():
     assert int(proc.stdout.split()[-1]) > 1000, proc.stdout
 
 
-SUBINTERPRETER_IMPORT = """
+SUBINTERPRETER_IMPORT = SUBINTERPRETERS + """
 import memmanager
-try:
-    import _interpreters as interpreters          # 3.13 and later
-except ImportError:
-    import _xxsubinterpreters as interpreters     # 3.11, 3.12
 assert not memmanager._core._registry_locking()
-interp = interpreters.create()
+interp = new_interp()
 interpreters.run_string(interp, "import memmanager; memmanager.Buffer(8, 1).release()")
 assert memmanager._core._registry_locking(), "a subinterpreter left the lock off"
 memmanager.Buffer(8, 1).release()

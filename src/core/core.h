@@ -76,6 +76,10 @@ typedef struct {
 /* interpreters.c: one interpreter memmanager is loaded in. */
 typedef struct mm_interp mm_interp;
 
+/* How many Buffer methods are written in Python (module/buffer_type.c
+ * names them). */
+#define MM_PYTHON_METHOD_COUNT 8
+
 typedef struct {
     PyTypeObject *buffer_type;
     PyTypeObject *allocator_type;
@@ -91,8 +95,11 @@ typedef struct {
     PyObject *OverlapError;
     PyObject *DeviceUnavailableError;
     PyObject *address_resolver; /* Python callable for foreign pointers, or NULL */
-    PyObject *python_methods;  /* dict: Buffer methods written in Python
-                                  (module/python_methods.c), or NULL */
+    /* The Buffer methods written in Python (module/buffer_type.c), one
+     * strong reference per name, NULL until _set_python_methods().  An
+     * array, not a dict: nothing of it can reach the collector or Python
+     * code (a dict re-tracks itself when a function is stored in it). */
+    PyObject *python_methods[MM_PYTHON_METHOD_COUNT];
     PyObject *cmalloc_allocator; /* the CMalloc AllocatorObject */
     /* Interned option names, compared by identity on the hot path. */
     PyObject *str_allocator;

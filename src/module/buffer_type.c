@@ -21,15 +21,23 @@
 /* Methods written in Python                                           */
 /* ------------------------------------------------------------------ */
 
-/* The names _set_python_methods() must be given, one per forwarder. */
+/* The names _set_python_methods() must be given, one per forwarder, in
+ * the order of st->python_methods. */
+enum {
+    PM_CREATE_VIEW, PM_GET_VIEW, PM_DELETE_VIEW, PM_CLONE_VIEW, PM_VIEW_NAMES,
+    PM_REDUCE_EX, PM_COPY, PM_DEEPCOPY, PM_COUNT
+};
 static const char *const python_method_names[] = {
     "create_view", "get_view", "delete_view", "clone_view", "view_names",
-    "__reduce_ex__", "__copy__", "__deepcopy__", NULL,
+    "__reduce_ex__", "__copy__", "__deepcopy__",
 };
+_Static_assert(PM_COUNT == MM_PYTHON_METHOD_COUNT &&
+               sizeof(python_method_names) / sizeof(python_method_names[0]) == PM_COUNT,
+               "one name per Python-written method");
 
-/* Calls the Python function installed under name with (self, *args,
+/* Calls the Python function installed for method with (self, *args,
  * **kwargs). */
-static PyObject *call_python_method(PyObject *self, const char *name,
+static PyObject *call_python_method(PyObject *self, int method,
                                     PyObject *const *args, Py_ssize_t nargs,
                                     PyObject *kwnames)
 {
@@ -37,11 +45,11 @@ static PyObject *call_python_method(PyObject *self, const char *name,
     if (st == NULL) {
         return NULL;
     }
-    PyObject *function = st->python_methods == NULL ? NULL
-                       : PyDict_GetItemString(st->python_methods, name);
+    PyObject *function = st->python_methods[method];
     if (function == NULL) {
         PyErr_Format(PyExc_RuntimeError,
-                     "Buffer.%s is not available: memmanager was not imported", name);
+                     "Buffer.%s is not available: memmanager was not imported",
+                     python_method_names[method]);
         return NULL;
     }
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
@@ -60,50 +68,64 @@ static PyObject *call_python_method(PyObject *self, const char *name,
     return result;
 }
 
-#define PYTHON_METHOD(cname, pyname)                                          \
+#define PYTHON_METHOD(cname, method)                                          \
     static PyObject *forward_##cname(PyObject *self, PyObject *const *args,   \
                                      Py_ssize_t nargs, PyObject *kwnames)     \
     {                                                                         \
-        return call_python_method(self, pyname, args, nargs, kwnames);        \
+        return call_python_method(self, method, args, nargs, kwnames);        \
     }
 
-PYTHON_METHOD(create_view, "create_view")
-PYTHON_METHOD(get_view, "get_view")
-PYTHON_METHOD(delete_view, "delete_view")
-PYTHON_METHOD(clone_view, "clone_view")
-PYTHON_METHOD(view_names, "view_names")
-PYTHON_METHOD(reduce_ex, "__reduce_ex__")
-PYTHON_METHOD(copy, "__copy__")
-PYTHON_METHOD(deepcopy, "__deepcopy__")
+PYTHON_METHOD(create_view, PM_CREATE_VIEW)
+PYTHON_METHOD(get_view, PM_GET_VIEW)
+PYTHON_METHOD(delete_view, PM_DELETE_VIEW)
+PYTHON_METHOD(clone_view, PM_CLONE_VIEW)
+PYTHON_METHOD(view_names, PM_VIEW_NAMES)
+PYTHON_METHOD(reduce_ex, PM_REDUCE_EX)
+PYTHON_METHOD(copy, PM_COPY)
+PYTHON_METHOD(deepcopy, PM_DEEPCOPY)
 
 /* _set_python_methods(table): table maps each name above to a callable.
- * A private copy is kept (untracked; the module visits its values). */
+ * The functions are kept in the state's array, which the module visits:
+ * no container of them reaches the collector or Python code.  Nothing
+ * changes unless every name is there; the functions replaced go last,
+ * once the array is whole (their destructors may run Python code). */
 PyObject *mm_set_python_methods(mm_state *st, PyObject *table)
 {
+    PyObject *functions[PM_COUNT] = {NULL};
+    PyObject *result = NULL;
     if (!PyDict_Check(table)) {
         PyErr_SetString(PyExc_TypeError, "_set_python_methods() takes a dict");
         return NULL;
     }
-    PyObject *copy = PyDict_New();
-    if (copy == NULL) {
-        return NULL;
-    }
-    PyObject_GC_UnTrack(copy);
-    for (size_t i = 0; python_method_names[i] != NULL; i++) {
-        PyObject *function = PyDict_GetItemString(table, python_method_names[i]);
-        if (function == NULL || !PyCallable_Check(function)) {
+    for (size_t i = 0; i < PM_COUNT; i++) {
+        PyObject *key = PyUnicode_FromString(python_method_names[i]);
+        if (key == NULL) {
+            goto done;
+        }
+        /* A strong reference at once: a hostile key's __eq__, run by the
+         * next lookup, may empty the table. */
+        functions[i] = Py_XNewRef(PyDict_GetItemWithError(table, key));
+        Py_DECREF(key);
+        if (functions[i] == NULL && PyErr_Occurred()) {
+            goto done;
+        }
+        if (functions[i] == NULL || !PyCallable_Check(functions[i])) {
             PyErr_Format(PyExc_TypeError, "_set_python_methods() needs a callable "
                          "for %s", python_method_names[i]);
-            Py_DECREF(copy);
-            return NULL;
-        }
-        if (PyDict_SetItemString(copy, python_method_names[i], function) < 0) {
-            Py_DECREF(copy);
-            return NULL;
+            goto done;
         }
     }
-    Py_XSETREF(st->python_methods, copy);
-    Py_RETURN_NONE;
+    for (size_t i = 0; i < PM_COUNT; i++) {
+        PyObject *previous = st->python_methods[i];
+        st->python_methods[i] = functions[i];
+        functions[i] = previous;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    for (size_t i = 0; i < PM_COUNT; i++) {
+        Py_XDECREF(functions[i]);
+    }
+    return result;
 }
 
 /* ------------------------------------------------------------------ */

@@ -429,8 +429,7 @@ static int visit_private_dict(PyObject *dict, visitproc visit, void *arg)
     return 0;
 }
 
-/* `allocators` (allocator.c), `pinned` (delayed_gc.c) and
- * `python_methods` (buffer_type.c) are private: a
+/* `allocators` (allocator.c) and `pinned` (delayed_gc.c) are private: a
  * Python object stored in either would be read back as an allocator or a
  * Buffer.  Their values are visited instead of the dicts. */
 static int module_traverse(PyObject *module, visitproc visit, void *arg)
@@ -443,9 +442,11 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->view_entry_type);
     Py_VISIT(st->view_export_type);
     if ((rc = visit_private_dict(st->allocators, visit, arg)) != 0 ||
-        (rc = visit_private_dict(st->pinned, visit, arg)) != 0 ||
-        (rc = visit_private_dict(st->python_methods, visit, arg)) != 0) {
+        (rc = visit_private_dict(st->pinned, visit, arg)) != 0) {
         return rc;
+    }
+    for (size_t i = 0; i < MM_PYTHON_METHOD_COUNT; i++) {
+        Py_VISIT(st->python_methods[i]);
     }
     Py_VISIT(st->default_allocator);
     Py_VISIT(st->last_allocator);
@@ -466,7 +467,9 @@ static int module_clear(PyObject *module)
     mm_interp_detach(st);      /* first: runs queued DLPack releases */
     Py_CLEAR(st->pinned);
     Py_CLEAR(st->address_resolver);
-    Py_CLEAR(st->python_methods);
+    for (size_t i = 0; i < MM_PYTHON_METHOD_COUNT; i++) {
+        Py_CLEAR(st->python_methods[i]);
+    }
     Py_CLEAR(st->cmalloc_allocator);
     Py_CLEAR(st->str_allocator);
     Py_CLEAR(st->str_init_value);
