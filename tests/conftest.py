@@ -18,6 +18,9 @@ import contextlib
 import ctypes
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -210,9 +213,7 @@ def catch_unraisable():
 # loaded through MEMMANAGER_CUDA_LIBRARY, so the GPU code runs without a GPU.
 # ---------------------------------------------------------------------------
 
-import os
 import shlex
-import subprocess
 import sysconfig
 from pathlib import Path
 
@@ -371,3 +372,14 @@ def _checked_run_string(*args, **kwargs):
         raise RuntimeError("in the subinterpreter: " + failure.formatted)
 interpreters.run_string = _checked_run_string
 """
+
+
+def run_python(code, env_extra=None, timeout=120):
+    """Runs code (dedented) in a fresh interpreter with this one's sys.path
+    and without MEMMANAGER_DEBUG; the CompletedProcess, output captured."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env.pop("MEMMANAGER_DEBUG", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, env=env, timeout=timeout)

@@ -24,6 +24,7 @@ import pytest
 
 import memmanager
 from memmanager import Buffer
+from conftest import SUBINTERPRETERS
 from dlpack_ctypes import DLManagedTensor, DLManagedTensorVersioned
 
 KDL_CPU, KDL_CUDA, KDL_CUDA_HOST, KDL_CUDA_MANAGED = 1, 2, 3, 13
@@ -91,39 +92,19 @@ def interpreters_module():
 
 
 # In the child: sub_code(body) is the source text for run_string, HELPERS
-# and an import of memmanager first.
+# and an import of memmanager first; new_interp() and the checked
+# run_string are conftest's SUBINTERPRETERS.
 SUB_CODE_DEF = f"HELPERS = {HELPERS!r}\n" + """
 import textwrap
-def new_interp():
-    # One that shares the GIL and allows threads (memmanager's kind).
-    for args, kwargs in ((("legacy",), {}), ((), {"isolated": False})):
-        try:
-            return interpreters.create(*args, **kwargs)
-        except (TypeError, ValueError):
-            pass
-    return interpreters.create()
 def sub_code(body):
     return HELPERS + "\\nimport memmanager\\n" + textwrap.dedent(body)
 """
 
 
-# 3.13's run_string returns the subinterpreter's exception instead of
-# raising it: without this, a failed assert there only left "ok" unprinted.
-CHECKED_RUN_STRING = """
-_unchecked_run_string = interpreters.run_string
-def _checked_run_string(*args, **kwargs):
-    failure = _unchecked_run_string(*args, **kwargs)
-    if failure is not None:
-        raise RuntimeError("in the subinterpreter: " + failure.formatted)
-interpreters.run_string = _checked_run_string
-"""
-
-
 def run_child(body, timeout=60):
     """Runs HELPERS + body in a fresh interpreter; a hang is a failure."""
-    module = interpreters_module()
-    code = (HELPERS + f"\nimport {module} as interpreters\n" + CHECKED_RUN_STRING +
-            SUB_CODE_DEF + textwrap.dedent(body))
+    interpreters_module()   # skips where there is none
+    code = HELPERS + SUBINTERPRETERS + SUB_CODE_DEF + textwrap.dedent(body)
     try:
         done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
                               capture_output=True, text=True, timeout=timeout,

@@ -8,14 +8,13 @@ docstring says which) or pins a behaviour the restructuring had to keep.
 import copy
 import gc
 import pickle
-import sys
 
 import pytest
 
 import memmanager
 from memmanager import Buffer, _core
 
-from conftest import catch_unraisable
+from conftest import catch_unraisable, run_python
 
 PYTHON_METHOD_NAMES = ("create_view", "get_view", "delete_view", "clone_view",
                        "view_names", "__reduce_ex__", "__copy__", "__deepcopy__")
@@ -140,19 +139,6 @@ def test_table_replaced_while_a_method_runs(restore_table):
 # ---------------------------------------------------------------------------
 # Code that runs while an exception propagates keeps it (src/core/compat.h)
 # ---------------------------------------------------------------------------
-
-import os
-import subprocess
-import textwrap
-
-
-def run_python(code, env_extra=None, timeout=120):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    env.pop("MEMMANAGER_DEBUG", None)
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
 class Outer(Exception):

@@ -7,8 +7,6 @@ crashed before its fix.
 """
 
 import gc
-import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -19,16 +17,8 @@ import pytest
 import memmanager
 from memmanager import Buffer
 
-from conftest import SUBINTERPRETERS, live_entry
+from conftest import SUBINTERPRETERS, live_entry, run_python
 
-
-def run_python(code, env_extra=None, timeout=120):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    env.pop("MEMMANAGER_DEBUG", None)
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
 # --------------------------------------------------------------------------
