@@ -86,41 +86,55 @@ def test_a_wrong_layer_line_fails(src):
     assert "src/buffer/views.c: its comment says layer core" in result.stdout
 
 
-def test_an_upward_call_fails(tmp_path):
-    """Two objects, built here: a core file calling a buffer file's function."""
+def build_tree(tmp_path, sources):
+    """A src/ of the given files ({"core/f.c": C code}) and their objects,
+    compiled here: the (src, objects) folders to check."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler")
-    objects = tmp_path / "obj"
-    for layer, code in (("core", "int up(void); int low(void) { return up(); }"),
-                        ("buffer", "int low(void); int up(void) { return 1; }")):
-        (objects / layer).mkdir(parents=True)
-        source = tmp_path / f"{layer}.c"
-        source.write_text(code)
-        subprocess.run([cc, "-c", str(source), "-o", str(objects / layer / "f.o")], check=True)
-    for layer in ("core", "buffer"):
-        (tmp_path / "src" / layer).mkdir(parents=True)
-        (tmp_path / "src" / layer / "f.c").write_text(f"/* f.c\n *\n * Layer: {layer}.\n */\n")
-    result = run("--src", str(tmp_path / "src"), "--objects", str(objects))
+    src, objects = tmp_path / "src", tmp_path / "obj"
+    for path, code in sources.items():
+        layer = path.split("/")[0]
+        for folder in (src, objects):
+            (folder / layer).mkdir(parents=True, exist_ok=True)
+        (src / path).write_text(f"/* {path}\n *\n * Layer: {layer}.\n */\n{code}\n")
+        subprocess.run([cc, "-c", str(src / path), "-o", str(objects / path)[:-2] + ".o"],
+                       check=True)
+    return str(src), str(objects)
+
+
+def test_an_upward_call_fails(tmp_path):
+    src, objects = build_tree(tmp_path, {
+        "core/f.c": "int up(void); int low(void) { return up(); }",
+        "buffer/f.c": "int low(void); int up(void) { return 1; }",
+    })
+    result = run("--src", src, "--objects", objects)
     assert result.returncode == 1
     assert "src/core/f.c calls up into src/buffer/f.c (buffer): up" in result.stdout
 
 
 def test_a_call_circle_inside_a_layer_fails(tmp_path):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    objects = tmp_path / "obj" / "buffer"
-    objects.mkdir(parents=True)
-    for name, code in (("a", "int b(void); int a(void) { return b(); }"),
-                       ("b", "int a(void); int b(void) { return a(); }")):
-        source = tmp_path / f"{name}.c"
-        source.write_text(code)
-        subprocess.run([cc, "-c", str(source), "-o", str(objects / f"{name}.o")], check=True)
-    (tmp_path / "src" / "buffer").mkdir(parents=True)
-    for name in ("a", "b"):
-        (tmp_path / "src" / "buffer" / f"{name}.c").write_text("/* x\n *\n * Layer: buffer.\n */\n")
-    result = run("--src", str(tmp_path / "src"), "--objects", str(tmp_path / "obj"))
+    src, objects = build_tree(tmp_path, {
+        "buffer/a.c": "int b(void); int a(void) { return b(); }",
+        "buffer/b.c": "int a(void); int b(void) { return a(); }",
+    })
+    result = run("--src", src, "--objects", objects)
     assert result.returncode == 1
     assert "files call each other in a circle: buffer/a.c -> buffer/b.c -> buffer/a.c" \
         in result.stdout
+
+
+def test_objects_of_moved_files_are_ignored(tmp_path):
+    """A build folder keeps the objects of files since moved; they are not
+    read (an old flat build/temp-plain/src/*.o once made a false circle)."""
+    src, objects = build_tree(tmp_path, {
+        "buffer/a.c": "int a(void) { return 1; }",
+        "core/b.c": "int b(void) { return 2; }",
+    })
+    stale = tmp_path / "stale.c"
+    stale.write_text("int a(void); int b(void); int old(void) { return a() + b(); }")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-c", str(stale), "-o", os.path.join(objects, "core", "old.o")],
+                   check=True)
+    result = run("--src", src, "--objects", objects)
+    assert result.returncode == 0, result.stdout   # else: core/old.c calls up into buffer
