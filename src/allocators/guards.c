@@ -58,11 +58,12 @@ static void report(const char *message)
 {
     fprintf(stderr, "memmanager: %s\n", message);
     fflush(stderr);
-    PyObject *raised = mm_err_take();
+    mm_saved_error raised;
+    mm_err_save(&raised);
     if (PyErr_WarnEx(PyExc_RuntimeWarning, message, 1) < 0) {
         PyErr_WriteUnraisable(NULL);
     }
-    mm_err_restore(raised);
+    mm_err_restore(&raised);
 }
 
 void mm_debug_check_guards(AllocatorObject *alloc, const mm_block *block)

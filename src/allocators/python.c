@@ -245,7 +245,8 @@ static int python_consume(AllocatorObject *self, PyObject *source, size_t size,
 static void python_release(AllocatorObject *self, char *base,
                            size_t Py_UNUSED(size), void *cookie)
 {
-    PyObject *raised = mm_err_take();
+    mm_saved_error raised;
+    mm_err_save(&raised);
     PyObject *free_method = self->plugin_methods
         ? PyTuple_GET_ITEM(self->plugin_methods, METHOD_FREE) : NULL;
     if (free_method != NULL) {
@@ -262,7 +263,7 @@ static void python_release(AllocatorObject *self, char *base,
     if (cookie != NULL) {
         python_cookie_free(cookie);   /* the handle, after free() */
     }
-    mm_err_restore(raised);
+    mm_err_restore(&raised);
 }
 
 /* A handle we hold an export of is not shown to the collector, which

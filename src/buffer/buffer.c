@@ -189,7 +189,8 @@ void mm_buffer_run_death_stub(BufferObject *self)
     PyObject *stub = self->death_stub;
     self->death_stub = NULL;
 
-    PyObject *raised = mm_err_take();
+    mm_saved_error raised;
+    mm_err_save(&raised);
     PyObject *info = death_stub_info(self);
     PyObject *result = info ? PyObject_CallOneArg(stub, info) : NULL;
     if (result == NULL) {
@@ -198,7 +199,7 @@ void mm_buffer_run_death_stub(BufferObject *self)
     Py_XDECREF(result);
     Py_XDECREF(info);
     Py_DECREF(stub);
-    mm_err_restore(raised);
+    mm_err_restore(&raised);
 }
 
 void mm_buffer_finalize(PyObject *op)
@@ -247,7 +248,8 @@ static PyObject *find_subclass_del(PyTypeObject *type)
 static void buffer_subclass_finalize(PyObject *op)
 {
     mm_buffer_run_death_stub((BufferObject *)op);
-    PyObject *raised = mm_err_take();
+    mm_saved_error raised;
+    mm_err_save(&raised);
     PyObject *del = find_subclass_del(Py_TYPE(op));
     if (del != NULL) {
         descrgetfunc get = Py_TYPE(del)->tp_descr_get;
@@ -260,7 +262,7 @@ static void buffer_subclass_finalize(PyObject *op)
         Py_XDECREF(bound);
         Py_DECREF(del);
     }
-    mm_err_restore(raised);
+    mm_err_restore(&raised);
 }
 
 static void adopt_subclass_finalizer(PyTypeObject *type)
@@ -520,7 +522,8 @@ PyObject *mm_buffer_enter(PyObject *op, PyObject *Py_UNUSED(unused))
 static void finish_deferred_release(BufferObject *self)
 {
     Py_INCREF(self);
-    PyObject *raised = mm_err_take();
+    mm_saved_error raised;
+    mm_err_save(&raised);
     PyObject *result = mm_buffer_release_method((PyObject *)self, NULL);
     if (result == NULL) {
         if (self->exports > 0 && !self->released &&
@@ -533,7 +536,7 @@ static void finish_deferred_release(BufferObject *self)
         }
     }
     Py_XDECREF(result);
-    mm_err_restore(raised);
+    mm_err_restore(&raised);
     Py_DECREF(self);
 }
 

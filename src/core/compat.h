@@ -12,42 +12,46 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-/* The exception being raised, taken out of the thread state (a new
- * reference; NULL when none is), and put back.  mm_err_restore(NULL)
- * clears the error indicator, as PyErr_SetRaisedException(NULL) does.
- * Before 3.12 the exception is normalised on the way out, as 3.12 always
- * keeps it. */
-static inline PyObject *mm_err_take(void)
-{
+/* The exception being raised, set aside while code that may raise runs
+ * (a death stub, a plug-in's free()), and put back afterwards exactly as
+ * it was: mm_err_save() takes it out of the thread state (none is fine),
+ * mm_err_restore() puts it back (clearing the indicator when there was
+ * none), mm_err_discard() drops it.  Before 3.12 the three parts are kept
+ * as they are: normalising them could run an exception class's __init__. */
+typedef struct {
 #if PY_VERSION_HEX >= 0x030C0000
-    return PyErr_GetRaisedException();
+    PyObject *exc;
 #else
     PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
-    if (type == NULL) {
-        return NULL;
-    }
-    PyErr_NormalizeException(&type, &value, &traceback);
-    if (traceback != NULL && value != NULL) {
-        PyException_SetTraceback(value, traceback);
-    }
-    Py_DECREF(type);
-    Py_XDECREF(traceback);
-    return value;
+#endif
+} mm_saved_error;
+
+static inline void mm_err_save(mm_saved_error *saved)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    saved->exc = PyErr_GetRaisedException();
+#else
+    PyErr_Fetch(&saved->type, &saved->value, &saved->traceback);
 #endif
 }
 
-static inline void mm_err_restore(PyObject *exc)
+static inline void mm_err_restore(mm_saved_error *saved)
 {
 #if PY_VERSION_HEX >= 0x030C0000
-    PyErr_SetRaisedException(exc);
+    PyErr_SetRaisedException(saved->exc);
 #else
-    if (exc == NULL) {
-        PyErr_Clear();
-        return;
-    }
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
-                  PyException_GetTraceback(exc));
+    PyErr_Restore(saved->type, saved->value, saved->traceback);
+#endif
+}
+
+static inline void mm_err_discard(mm_saved_error *saved)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    Py_XDECREF(saved->exc);
+#else
+    Py_XDECREF(saved->type);
+    Py_XDECREF(saved->value);
+    Py_XDECREF(saved->traceback);
 #endif
 }
 

@@ -316,14 +316,15 @@ static PyObject *consume_address(mm_state *st, PyTypeObject *cls,
 static int refuse_read_only(PyObject *source, int flags)
 {
     Py_buffer probe;
-    PyObject *raised = mm_err_take();
+    mm_saved_error raised;
+    mm_err_save(&raised);
     if (PyObject_GetBuffer(source, &probe, flags) < 0) {
         PyErr_Clear();
-        mm_err_restore(raised);
+        mm_err_restore(&raised);
         return -1;
     }
     PyBuffer_Release(&probe);
-    Py_XDECREF(raised);
+    mm_err_discard(&raised);
     PyErr_Format(PyExc_BufferError,
                  "readonly=False, but the %.100s source is read-only",
                  Py_TYPE(source)->tp_name);

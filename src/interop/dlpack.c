@@ -101,12 +101,13 @@ static void release_run(mm_interp_call *call)
     dlpack_export *export = (dlpack_export *)((char *)call - offsetof(dlpack_export, call));
     /* Dropping the owner may run its finaliser: keep the exception that
      * may be propagating (a capsule dies during unwinding). */
-    PyObject *raised = mm_err_take();
+    mm_saved_error raised;
+    mm_err_save(&raised);
     if (export->unexport != NULL) {
         export->unexport(export->owner);
     }
     Py_DECREF(export->owner);
-    mm_err_restore(raised);
+    mm_err_restore(&raised);
     export_unref(export);
 }
 
@@ -145,7 +146,8 @@ static void deleter_legacy(mm_dl_managed_tensor *managed)
  * the tensor are done with it. */
 static void capsule_destructor(PyObject *capsule)
 {
-    PyObject *raised = mm_err_take();
+    mm_saved_error raised;
+    mm_err_save(&raised);
     dlpack_export *export = PyCapsule_GetContext(capsule);
     if (export != NULL) {
         if (PyCapsule_IsValid(capsule, MM_DLPACK_CAPSULE_VERSIONED) ||
@@ -155,7 +157,7 @@ static void capsule_destructor(PyObject *capsule)
         export_unref(export);
     }
     PyErr_Clear();
-    mm_err_restore(raised);
+    mm_err_restore(&raised);
 }
 
 /* ------------------------------------------------------------------ */
