@@ -29,7 +29,7 @@ import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Set
 
-LAYERS = ["core", "allocators", "buffer", "interop", "cuda", "module"]
+LAYERS = ["core", "allocators", "adaptors", "buffer", "interop", "cuda", "module"]
 PUBLIC_HEADERS = {"memmanager/allocator.h"}
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 LAYER_LINE = re.compile(r"\bLayer: (\w+)")

@@ -165,6 +165,8 @@ AllocatorObject *mm_allocator_new(mm_state *st, const char *name,
     self->device_hooks = NULL;
     self->memory_kind = MM_MEMORY_HOST;
     self->device_id = 0;
+    self->upstream = NULL;
+    self->passes_cookie = 0;
     PyObject_GC_Track((PyObject *)self);
     self->name = PyUnicode_FromString(name);
     if (self->name == NULL) {
@@ -566,9 +568,49 @@ void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block)
     free_block_general(alloc, block);
 }
 
+/* ------------------------------------------------------------------ */
+/* Blocks for adaptors                                                 */
+/* ------------------------------------------------------------------ */
+
+int mm_allocator_take_block(AllocatorObject *alloc, const mm_request *req,
+                            size_t size, int zero, mm_raw *out)
+{
+    if (alloc->consume_only) {
+        PyErr_Format(PyExc_ValueError,
+                     "Allocator %U can only adopt memory: use Buffer.consume()",
+                     alloc->name);
+        return -1;
+    }
+    if ((alloc->device_hooks != NULL && alloc->device_hooks->prepare(alloc) < 0) ||
+        alloc->ops->allocate(alloc, req, size, zero, out) < 0) {
+        return -1;
+    }
+    if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
+        mm_advise_hugepages(out->base, size);
+    }
+    mm_region_registry_account(alloc->stats_slot, size, 1);
+    return 0;
+}
+
+void mm_allocator_give_block(AllocatorObject *alloc, char *base, size_t size,
+                             void *cookie)
+{
+    mm_region_registry_account(alloc->stats_slot, size, 0);
+    alloc->ops->release(alloc, base, size, cookie);
+}
+
+AllocatorObject *mm_allocator_block_owner(AllocatorObject *alloc)
+{
+    while (alloc != NULL && alloc->passes_cookie && alloc->upstream != NULL) {
+        alloc = alloc->upstream;
+    }
+    return alloc;
+}
+
 int mm_allocator_visit_block(AllocatorObject *alloc, void *cookie,
                           visitproc visit, void *arg)
 {
+    alloc = mm_allocator_block_owner(alloc);   /* whose cookie it is */
     if (cookie == NULL || alloc == NULL || alloc->ops->visit_cookie == NULL) {
         return 0;
     }

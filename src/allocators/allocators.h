@@ -132,6 +132,11 @@ struct AllocatorObject {
     const struct mm_device_hooks *device_hooks; /* device allocators, else NULL */
     int memory_kind;                   /* MM_MEMORY_* */
     int device_id;                     /* device memory: which device (0 otherwise) */
+    /* Adaptors (adaptors/): the allocator their blocks come from (the
+     * adaptor, which `keeper` is, holds it); NULL for the other kinds. */
+    AllocatorObject *upstream;
+    unsigned char passes_cookie;       /* blocks are the upstream's own, cookie
+                                          and all (Limit, Log) */
 };
 
 /* What allocator.c asks of a device allocator (cuda/allocators.c). */
@@ -216,6 +221,22 @@ int mm_allocator_visit_block(AllocatorObject *alloc, void *cookie,
 void mm_option_get(PyObject *options, const char *key, PyObject **value);
 int mm_option_refuse_others(AllocatorObject *alloc, PyObject *options,
                          const char *const *known);
+
+/* allocator.c, for adaptors (adaptors/): a raw block of an upstream
+ * allocator, without guard bytes or tracemalloc (the adaptor's own blocks
+ * get those), counted in the upstream's stats() as one live block.  The
+ * caller holds the GIL.  take raises; give never does. */
+int mm_allocator_take_block(AllocatorObject *alloc, const mm_request *req,
+                            size_t size, int zero, mm_raw *out);
+void mm_allocator_give_block(AllocatorObject *alloc, char *base, size_t size,
+                             void *cookie);
+/* The allocator whose kind made a block of alloc: alloc itself, or the
+ * end of its chain of cookie-passing adaptors. */
+AllocatorObject *mm_allocator_block_owner(AllocatorObject *alloc);
+
+/* plugin.c: the UTF-8 of a name register_allocator accepts (a non-empty
+ * str without NUL that is not a built-in's), or NULL with an exception. */
+const char *mm_allocator_checked_name(mm_state *st, PyObject *name);
 
 /* pages.c: page mappings and advice, for every kind. */
 size_t mm_page_size(void);

@@ -185,7 +185,7 @@ static AllocatorObject *from_python(mm_state *st, const char *name, PyObject *im
 /* Registration                                                        */
 /* ------------------------------------------------------------------ */
 
-static const char *checked_name(mm_state *st, PyObject *name)
+const char *mm_allocator_checked_name(mm_state *st, PyObject *name)
 {
     if (!PyUnicode_Check(name)) {
         PyErr_Format(PyExc_TypeError, "the allocator name must be a str, not %.100s",
@@ -223,7 +223,7 @@ PyObject *mm_allocator_register_plugin(mm_state *st, PyObject *name, PyObject *i
         PyErr_SetString(PyExc_RuntimeError, "memmanager is shutting down");
         return NULL;
     }
-    const char *utf8 = checked_name(st, name);
+    const char *utf8 = mm_allocator_checked_name(st, name);
     if (utf8 == NULL) {
         return NULL;
     }

@@ -78,5 +78,6 @@ PyObject *mm_buffer_get_name(PyObject *op, void *Py_UNUSED(closure))
     if (mm_buffer_check_live(self) < 0) {
         return NULL;
     }
-    return mm_shm_block_name(self->allocator, self->block_cookie);
+    return mm_shm_block_name(mm_allocator_block_owner(self->allocator),
+                             self->block_cookie);
 }

@@ -80,6 +80,9 @@ typedef struct mm_interp mm_interp;
  * names them). */
 #define MM_PYTHON_METHOD_COUNT 8
 
+/* How many adaptor types adaptors/ adds (its MM_ADAPTOR_KINDS). */
+#define MM_ADAPTOR_TYPE_COUNT 3
+
 typedef struct {
     PyTypeObject *buffer_type;
     PyTypeObject *allocator_type;
@@ -119,6 +122,9 @@ typedef struct {
     /* mm_parse_options' memory of the last keyword-name tuple, one for the
      * constructor's names and one for consume()'s (buffer/args.c). */
     mm_kwnames_cache kwnames_cache[2];
+    /* adaptors/: the types Limit, Pool and Log, and the exception. */
+    PyTypeObject *adaptor_types[MM_ADAPTOR_TYPE_COUNT];
+    PyObject *LimitExceededError;
     int debug;                 /* MEMMANAGER_DEBUG was set at import */
     mm_interp *interp;         /* the interpreter this module instance is in */
 } mm_state;

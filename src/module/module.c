@@ -28,6 +28,7 @@
 
 #include <inttypes.h>
 #include <stdlib.h>
+#include <string.h>
 
 static mm_state *module_state(PyObject *module)
 {
@@ -165,7 +166,11 @@ static PyObject *mm_register_allocator(PyObject *module, PyObject *const *args,
                      "_register_allocator() takes name and impl (%zd given)", nargs);
         return NULL;
     }
-    return mm_allocator_register_plugin(module_state(module), args[0], args[1]);
+    mm_state *st = module_state(module);
+    if (mm_adaptor_check(st, args[1])) {
+        return mm_adaptor_register(st, args[0], args[1]);
+    }
+    return mm_allocator_register_plugin(st, args[0], args[1]);
 }
 
 static PyObject *mm_release_pinned_at_exit(PyObject *module, PyObject *Py_UNUSED(a))
@@ -316,8 +321,35 @@ static int add_exceptions(PyObject *module, mm_state *st)
     st->DeviceUnavailableError = derived_exception(
         module, "DeviceUnavailableError", "The device (GPU) cannot be used.",
         st->MemManagerError, PyExc_RuntimeError);
+    st->LimitExceededError = derived_exception(
+        module, "LimitExceededError",
+        "A Limit adaptor's max_bytes would be passed (a MemoryError).",
+        st->MemManagerError, PyExc_MemoryError);
     return (st->UnknownAllocatorError && st->OverlapError &&
-            st->DeviceUnavailableError) ? 0 : -1;
+            st->DeviceUnavailableError && st->LimitExceededError) ? 0 : -1;
+}
+
+/* The adaptor types (adaptors/), in st->adaptor_types order. */
+static PyType_Spec *const adaptor_specs[MM_ADAPTOR_KINDS] = {
+    [MM_ADAPTOR_LIMIT] = &mm_limit_type_spec,
+    [MM_ADAPTOR_POOL] = &mm_pool_type_spec,
+    [MM_ADAPTOR_LOG] = &mm_log_type_spec,
+};
+
+static int add_adaptor_types(PyObject *module, mm_state *st)
+{
+    for (int i = 0; i < MM_ADAPTOR_KINDS; i++) {
+        PyObject *type = PyType_FromModuleAndSpec(module, adaptor_specs[i], NULL);
+        if (type == NULL) {
+            return -1;
+        }
+        st->adaptor_types[i] = (PyTypeObject *)type;
+        if (PyModule_AddObjectRef(module, strrchr(adaptor_specs[i]->name, '.') + 1,
+                                  type) < 0) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static int add_types(PyObject *module, mm_state *st)
@@ -398,7 +430,7 @@ static int module_exec(PyObject *module)
     }
     if (mm_interp_attach(st) < 0 || intern_option_names(st) < 0 ||
         add_exceptions(module, st) < 0 || add_types(module, st) < 0 ||
-        mm_views_add_types(module, st) < 0) {
+        mm_views_add_types(module, st) < 0 || add_adaptor_types(module, st) < 0) {
         return -1;
     }
     if ((st->allocators = PyDict_New()) == NULL ||
@@ -454,6 +486,10 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->UnknownAllocatorError);
     Py_VISIT(st->OverlapError);
     Py_VISIT(st->DeviceUnavailableError);
+    Py_VISIT(st->LimitExceededError);
+    for (size_t i = 0; i < MM_ADAPTOR_TYPE_COUNT; i++) {
+        Py_VISIT(st->adaptor_types[i]);
+    }
     Py_VISIT(st->address_resolver);
     Py_VISIT(st->cmalloc_allocator);
     Py_VISIT(st->device_view_type);
@@ -485,6 +521,10 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->UnknownAllocatorError);
     Py_CLEAR(st->OverlapError);
     Py_CLEAR(st->DeviceUnavailableError);
+    Py_CLEAR(st->LimitExceededError);
+    for (size_t i = 0; i < MM_ADAPTOR_TYPE_COUNT; i++) {
+        Py_CLEAR(st->adaptor_types[i]);
+    }
     Py_CLEAR(st->buffer_type);
     Py_CLEAR(st->allocator_type);
     Py_CLEAR(st->cached_classmethod_type);

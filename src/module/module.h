@@ -12,6 +12,7 @@
 #define MEMMANAGER_MODULE_H
 
 #include "cuda/cuda.h"
+#include "adaptors/adaptors.h"
 
 /* buffer_type.c */
 extern PyType_Spec mm_buffer_type_spec;
