@@ -85,7 +85,8 @@ def live_buffers() -> _List[LiveBuffer]:
 
 
 def report() -> str:
-    """live_buffers() and stats() as a human-readable table (a str)."""
+    """live_buffers() and stats() as a human-readable table (a str), then
+    the registered adaptors (Pool, Limit, Log) with their upstreams."""
     rows = live_buffers()
     counters = stats()
     width = max([9] + [len(row.allocator) for row in rows] + [len(name) for name in counters])
@@ -104,7 +105,23 @@ def report() -> str:
         lines.append("%-*s %12d %14d %14d %12d %16d" % (
             width, name, c["live_buffers"], c["live_bytes"], c["peak_bytes"],
             c["allocations"], c["allocated_bytes"]))
+    adaptors = _core._adaptors()
+    if adaptors:
+        lines.append("")
+        lines.append("%-*s %-6s %-*s %s" % (width, "adaptor", "kind", width, "upstream", "state"))
+        for name, kind, upstream, adaptor in adaptors:
+            state = " ".join("%s=%s" % (field, getattr(adaptor, field))
+                             for field in _ADAPTOR_FIELDS.get(kind, ()))
+            lines.append("%-*s %-6s %-*s %s" % (width, name, kind, width, upstream, state))
     return "\n".join(lines)
+
+
+# What report() shows of each kind of adaptor.
+_ADAPTOR_FIELDS = {
+    "Limit": ("used", "max_bytes"),
+    "Pool": ("held_bytes", "used_bytes", "live_blocks", "maximum_size"),
+    "Log": ("events", "path"),
+}
 
 
 def get_include() -> str:

@@ -216,7 +216,10 @@ static void inherit_from_upstream(AllocatorObject *alloc, const AdaptorObject *a
     alloc->passes_cookie = ad->passes_cookie;
     alloc->uses_pymem = up->uses_pymem;
     alloc->needs_gil = 1;              /* upstream calls are made with the GIL */
-    alloc->guarded = up->guarded;      /* where the upstream's blocks can be */
+    /* Guarded where the upstream's blocks are, and over PyMem_* too (left
+     * unguarded only for Python's own debug hooks): not over memory that
+     * is not ours alone (a file's, a device's). */
+    alloc->guarded = up->guarded || (up->debug && up->uses_pymem);
     alloc->device_hooks = up->device_hooks;
     alloc->memory_kind = up->memory_kind;
     alloc->device_id = up->device_id;

@@ -7,7 +7,8 @@
  *   get_delayed_gc_objects() identifiers of the pinned buffers
  *   collect_delayed(ids)     unpin (and so free) pinned buffers
  *   allocators()             registered allocator names
- *   _register_allocator(n, impl)  a plug-in (capsule or Python object)
+ *   _register_allocator(n, impl)  a plug-in (capsule, Python object, adaptor)
+ *   _adaptors()              the registered adaptors, for report()
  *   _release_pinned_at_exit()  called from an atexit hook
  *   _shm_unlink_at_exit()    called from an atexit hook (shm_tracker.c)
  *   _registry_check()        the registry's invariants, for tests
@@ -158,6 +159,34 @@ static PyObject *mm_allocators(PyObject *module, PyObject *Py_UNUSED(a))
     return PyDict_Keys(module_state(module)->allocators);
 }
 
+/* (name, kind, upstream name, adaptor) for each registered adaptor, in
+ * registration order: for report(). */
+static PyObject *mm_adaptors(PyObject *module, PyObject *Py_UNUSED(a))
+{
+    mm_state *st = module_state(module);
+    PyObject *result = PyList_New(0);
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    if (result == NULL || st->allocators == NULL) {
+        return result;
+    }
+    while (PyDict_Next(st->allocators, &pos, &key, &value)) {
+        AllocatorObject *alloc = (AllocatorObject *)value;
+        if (alloc->upstream == NULL) {
+            continue;
+        }
+        PyObject *row = Py_BuildValue("(OsOO)", key, alloc->ops->kind,
+                                      alloc->upstream->name, alloc->keeper);
+        if (row == NULL || PyList_Append(result, row) < 0) {
+            Py_XDECREF(row);
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_DECREF(row);
+    }
+    return result;
+}
+
 static PyObject *mm_register_allocator(PyObject *module, PyObject *const *args,
                                        Py_ssize_t nargs)
 {
@@ -244,6 +273,9 @@ static PyMethodDef module_methods[] = {
      "as no other reference remains.  Returns the identifiers unpinned."},
     {"allocators", mm_allocators, METH_NOARGS,
      "allocators()\n--\n\nNames of the registered allocators."},
+    {"_adaptors", mm_adaptors, METH_NOARGS,
+     "_adaptors()\n--\n\n"
+     "(name, kind, upstream, adaptor) for each registered adaptor."},
     {"_register_allocator", (PyCFunction)(void (*)(void))mm_register_allocator,
      METH_FASTCALL,
      "_register_allocator(name, impl, /)\n--\n\n"
