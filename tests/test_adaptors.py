@@ -401,3 +401,25 @@ def test_limit_under_debug_guards_blocks():
     """, env_extra={"MEMMANAGER_DEBUG": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_limit_over_device_memory(fake_cuda):
+    limit = Limit("CudaDevice", 1 << 20)
+    name = register(limit)
+    zeroed = Buffer(256, 1, allocator=name, init_value=0)
+    filled = Buffer(256, 1, allocator=name, init_value=7)
+    assert fake_cuda.read(zeroed.address, 256) == bytes(256)
+    assert fake_cuda.read(filled.address, 256) == b"\x07" * 256
+    with pytest.raises(Exception):
+        bytes(filled[0:4])                 # the host cannot read device memory
+    assert limit.used == 512
+    with pytest.raises(LimitExceededError):
+        Buffer(1 << 20, 1, allocator=name)
+    del zeroed, filled
+    assert limit.used == 0
+
+
+def test_limit_over_device_memory_without_a_driver(no_cuda):
+    name = register(Limit("CudaDevice", 1 << 20))
+    with pytest.raises(memmanager.DeviceUnavailableError):
+        Buffer(256, 1, allocator=name)

@@ -390,11 +390,32 @@ void mm_allocator_track(AllocatorObject *alloc, mm_block *block)
     }
 }
 
+AllocatorObject *mm_allocator_leaf(AllocatorObject *alloc)
+{
+    while (alloc->upstream != NULL) {
+        alloc = alloc->upstream;
+    }
+    return alloc;
+}
+
+/* The device hooks are the leaf's: its keeper holds the driver. */
+static int prepare_device(AllocatorObject *alloc)
+{
+    AllocatorObject *leaf = mm_allocator_leaf(alloc);
+    return leaf->device_hooks->prepare(leaf);
+}
+
+int mm_allocator_device_fill(AllocatorObject *alloc, void *ptr, int byte, size_t size)
+{
+    AllocatorObject *leaf = mm_allocator_leaf(alloc);
+    return leaf->device_hooks->fill(leaf, ptr, byte, size);
+}
+
 /* Sets every byte of a fresh block; 0 or -1 with an exception. */
 static int fill_block(AllocatorObject *alloc, char *ptr, int init_byte, size_t size)
 {
     if (alloc->memory_kind == MM_MEMORY_CUDA_DEVICE) {
-        return alloc->device_hooks->fill(alloc, ptr, init_byte, size);
+        return mm_allocator_device_fill(alloc, ptr, init_byte, size);
     }
     if (size >= RELEASE_GIL_THRESHOLD) {
         Py_BEGIN_ALLOW_THREADS
@@ -448,7 +469,7 @@ static MM_NOINLINE int alloc_block_general(AllocatorObject *alloc,
                      alloc->name);
         return -1;
     }
-    if ((alloc->device_hooks != NULL && alloc->device_hooks->prepare(alloc) < 0) ||
+    if ((alloc->device_hooks != NULL && prepare_device(alloc) < 0) ||
         (alloc->guarded && guard_sizes(alloc, req, size, &front, &total) < 0)) {
         return -1;
     }
@@ -581,7 +602,7 @@ int mm_allocator_take_block(AllocatorObject *alloc, const mm_request *req,
                      alloc->name);
         return -1;
     }
-    if ((alloc->device_hooks != NULL && alloc->device_hooks->prepare(alloc) < 0) ||
+    if ((alloc->device_hooks != NULL && prepare_device(alloc) < 0) ||
         alloc->ops->allocate(alloc, req, size, zero, out) < 0) {
         return -1;
     }

@@ -234,6 +234,13 @@ void mm_allocator_give_block(AllocatorObject *alloc, char *base, size_t size,
  * end of its chain of cookie-passing adaptors. */
 AllocatorObject *mm_allocator_block_owner(AllocatorObject *alloc);
 
+/* The allocator at the bottom of alloc's chain of adaptors (alloc itself
+ * for every other kind): the one whose device hooks and keeper are real. */
+AllocatorObject *mm_allocator_leaf(AllocatorObject *alloc);
+/* Sets size bytes of alloc's device memory to byte (the leaf's fill hook);
+ * 0, or -1 with an exception. */
+int mm_allocator_device_fill(AllocatorObject *alloc, void *ptr, int byte, size_t size);
+
 /* plugin.c: the UTF-8 of a name register_allocator accepts (a non-empty
  * str without NUL that is not a built-in's), or NULL with an exception. */
 const char *mm_allocator_checked_name(mm_state *st, PyObject *name);

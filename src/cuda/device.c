@@ -256,7 +256,7 @@ PyObject *mm_device_driver_capsule(BufferObject *self)
         return device_state(self)->driver;
     }
     if (self->allocator->device_hooks != NULL) {
-        return self->allocator->keeper;
+        return mm_allocator_leaf(self->allocator)->keeper;
     }
     mm_state *st = mm_buffer_state(self);
     if (st != NULL && st->cuda_driver == NULL) {
