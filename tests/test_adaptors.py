@@ -285,6 +285,10 @@ def test_limit_arguments():
         Limit()
     with pytest.raises(TypeError, match="multiple values"):
         Limit("PyAlloc", 5, max_bytes=6)
+    with pytest.raises(TypeError, match="multiple values"):
+        Limit("PyAlloc", 5, max_bytes=5)     # the same object twice
+    with pytest.raises(TypeError, match="multiple values"):
+        Limit("PyAlloc", 5, upstream="PyAlloc")
     with pytest.raises(TypeError, match="positional"):
         Limit("PyAlloc", 5, 6)
 

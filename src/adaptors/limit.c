@@ -107,7 +107,7 @@ static const mm_allocator_ops limit_ops = {
 static PyObject *limit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static const char *const names[] = {"upstream", "max_bytes", NULL};
-    PyObject *own[2] = {NULL, NULL}, *rest = NULL;
+    PyObject *own[2] = {NULL, NULL}, *keyword[2] = {NULL, NULL}, *rest = NULL;
     Py_ssize_t max_bytes;
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
     if (nargs > 2) {
@@ -116,15 +116,12 @@ static PyObject *limit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                      "arguments given)", nargs);
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        own[i] = PyTuple_GET_ITEM(args, i);
-    }
-    PyObject *positional[2] = {own[0], own[1]};
-    if (mm_adaptor_split_keywords(kwargs, names, own, &rest) < 0) {
+    if (mm_adaptor_split_keywords(kwargs, names, keyword, &rest) < 0) {
         return NULL;
     }
     for (int i = 0; i < 2; i++) {
-        if (positional[i] != NULL && own[i] != positional[i]) {
+        own[i] = i < nargs ? PyTuple_GET_ITEM(args, i) : keyword[i];
+        if (i < nargs && keyword[i] != NULL) {
             PyErr_Format(PyExc_TypeError,
                          "Limit() got multiple values for argument '%s'", names[i]);
             goto error;
