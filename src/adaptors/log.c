@@ -20,7 +20,7 @@
  * plus its guard bytes under MEMMANAGER_DEBUG), the block's address in
  * hex, and the name of the Allocator object the block went through
  * (UTF-8; every byte up to the space, DEL and '%' written as %XX, so a
- * line always splits into seven fields).  The header is buffered when the
+ * line always splits into seven fields).  The header is written when the
  * file is empty at opening; replay accepts it again further on (two Logs
  * opening one empty file both write one).
  *
@@ -403,17 +403,17 @@ static int split_arguments(PyObject *args, PyObject *kwargs, PyObject **own,
     }
     for (Py_ssize_t i = 0; i < nargs; i++) {
         own[i] = PyTuple_GET_ITEM(args, i);
-    }
-    PyObject *positional[2] = {own[0], own[1]};
-    if (mm_adaptor_split_keywords(kwargs, names, own, rest) < 0) {
-        return -1;
-    }
-    for (int i = 0; i < 2; i++) {
-        if (positional[i] != NULL && own[i] != positional[i]) {
+        PyObject *also = kwargs != NULL ? PyDict_GetItemString(kwargs, names[i]) : NULL;
+        if (also != NULL) {
             PyErr_Format(PyExc_TypeError,
                          "Log() got multiple values for argument '%s'", names[i]);
             return -1;
         }
+    }
+    if (mm_adaptor_split_keywords(kwargs, names, own, rest) < 0) {
+        return -1;
+    }
+    for (int i = 0; i < 2; i++) {
         if (own[i] == NULL) {
             PyErr_Format(PyExc_TypeError,
                          "Log() missing required argument '%s'", names[i]);
@@ -448,8 +448,12 @@ static int open_file(LogObject *self)
     }
     self->fd = fd;
     if (size == 0) {   /* also a FIFO or a device: lseek answers 0 or -1 */
+        /* Written now, not buffered: a child forked before the first flush
+         * drops the buffer, and its lines must come after the header.  A
+         * failure is lost lines, for flush() to report. */
         memcpy(self->buffer, LOG_HEADER, sizeof(LOG_HEADER) - 1);
         self->used = sizeof(LOG_HEADER) - 1;
+        (void)flush_locked(self);
     }
     return 0;
 }
@@ -554,7 +558,7 @@ static void report_at_dealloc(LogObject *self)
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
     }
-    PyErr_WriteUnraisable((PyObject *)self);
+    PyErr_WriteUnraisable(self->path);   /* not self: the hook could keep it */
     mm_err_restore(&saved);
 }
 
