@@ -18,6 +18,7 @@ from . import _pickle
 from . import _views
 from . import cuda
 from ._plugins import register_allocator, use
+from ._replay import ReplayResult, replay
 from ._core import (
     TRACEMALLOC_DOMAIN,
     Buffer,
@@ -62,6 +63,8 @@ __all__ = [
     "live_buffers",
     "register_allocator",
     "register_view",
+    "replay",
+    "ReplayResult",
     "report",
     "stats",
     "use",

@@ -92,4 +92,10 @@ PyObject *mm_adaptor_register(mm_state *st, PyObject *name, PyObject *adaptor);
 int mm_limit_raise_exceeded(AllocatorObject *alloc, size_t size,
                             size_t used, size_t max_bytes);
 
+/* replay.c: _replay(path, allocator) of the module (METH_FASTCALL |
+ * METH_KEYWORDS): (events, allocations, frees, seconds, peak_bytes,
+ * unfreed, unfreed_bytes), which memmanager.replay() names. */
+PyObject *mm_replay(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames);
+
 #endif /* MEMMANAGER_ADAPTORS_H */

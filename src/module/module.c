@@ -17,6 +17,7 @@
  *                            GIL, for the fork tests
  *   _set_address_resolver(f) Python helper turning foreign pointers into ints
  *   _set_python_methods(t)   the Buffer methods written in Python
+ *   _replay(path, allocator) a Log's file played (adaptors/replay.c)
  *   _cuda_probe(), _cuda_reset()  the CUDA loader (cuda/), for
  *                            memmanager.cuda and the tests
  *
@@ -280,6 +281,8 @@ static PyMethodDef module_methods[] = {
      METH_FASTCALL,
      "_register_allocator(name, impl, /)\n--\n\n"
      "Register a plug-in allocator; returns its Allocator object."},
+    {"_replay", (PyCFunction)(void (*)(void))mm_replay, METH_FASTCALL | METH_KEYWORDS,
+     "_replay(path, allocator)\n--\n\nmemmanager.replay() without its ReplayResult."},
     {"_release_pinned_at_exit", mm_release_pinned_at_exit, METH_NOARGS,
      "_release_pinned_at_exit()\n--\n\nRelease every pinned buffer (atexit)."},
     {"_shm_unlink_at_exit", mm_shm_unlink_at_exit, METH_NOARGS,

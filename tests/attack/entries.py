@@ -139,6 +139,24 @@ def shm_buffer(s: Any) -> None:
     s.buf = s.new(64, 1, allocator="SharedMemory")
 
 
+_replay_log_path: List[str] = []
+
+
+def with_log(s: Any) -> None:
+    """A small Log file (one per process, removed at exit) in s.log_path."""
+    if not _replay_log_path:
+        import atexit
+        import os
+        import tempfile
+        fd, path = tempfile.mkstemp(suffix=".log", prefix="mm_attack_")
+        with os.fdopen(fd, "w") as f:
+            f.write("# memmanager-log 1 time_ns pid tid event size address allocator\n"
+                    "1 1 1 a 64 0x1000 X\n2 1 1 a 32 0x2000 X\n3 1 1 f 64 0x1000 X\n")
+        atexit.register(os.unlink, path)
+        _replay_log_path.append(path)
+    s.log_path = _replay_log_path[0]
+
+
 def is_unpinned(s: Any, result: Any) -> None:
     if not s.buf.released:
         assert not s.buf.delayed_gc, "collect_delayed(buf) left the buffer pinned"
@@ -304,6 +322,10 @@ ENTRIES: List[Entry] = [
     E("mm.register_allocator", P("name", STR, "AttackPlug"), P("impl", IMPL, lambda s: _plug())),
     E("mm.register_view", P("kind", STR, "attackview"), P("create", CALL, lambda s: _view_create),
       P("clone", CALL, lambda s: _view_clone)),
+    E("mm.replay", P("path", STR, lambda s: s.log_path), K("allocator", ALLOC, "AttackPlug"),
+      setup=with_log),
+    E("mm.Log", P("upstream", ALLOC, "PyAlloc"), P("path", STR, lambda s: s.log_path),
+      setup=with_log),
     E("mm.use", K("allocators", ITER, ["PyAlloc", "AttackPlug"]), K("devices", ITER, ["NVIDIA_GPU"]),
       K("views", ITER, ["numpy", "attackview"])),
     *[E("cuda." + name, cuda=True) for name in (
@@ -316,6 +338,8 @@ ENTRIES: List[Entry] = [
     E("core._release_pinned_at_exit", setup=lambda s: s.new(8, 1, delayed_gc=True)),
     E("core.collect_delayed", P("identifiers", ITER, ID)),
     E("core._registry_spin", P("iterations", INT, 10)),
+    E("core._replay", P("path", STR, lambda s: s.log_path), P("allocator", ALLOC, "CMalloc"),
+      setup=with_log),
     E("core._register_allocator", P("name", STR, "AttackPlug"), P("impl", IMPL, lambda s: _plug())),
     E("core._set_address_resolver", P("resolver", CALL, lambda s: memmanager._address.resolve)),
     E("core._set_python_methods", P("table", MAP, lambda s: {
@@ -341,7 +365,7 @@ def _view_clone(view: Any) -> Any:
 # tests/test_attack_types.py), constants, and construction dunders.
 NOT_CALLED = {
     "mm.DeviceUnavailableError", "mm.DeviceView", "mm.LiveBuffer", "mm.MemManagerError",
-    "mm.OverlapError", "mm.TRACEMALLOC_DOMAIN", "mm.UnknownAllocatorError",
+    "mm.OverlapError", "mm.ReplayResult", "mm.TRACEMALLOC_DOMAIN", "mm.UnknownAllocatorError",
     "mm.UnknownViewKindError", "mm.__version__", "mm.cuda",
     "cuda.DeviceUnavailableError", "cuda.DeviceView",
     "core.Allocator", "core.Buffer", "core.DEBUG", "core.DeviceUnavailableError",

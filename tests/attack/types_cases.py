@@ -66,6 +66,7 @@ SAMPLES: Dict[str, Callable[[State], Any]] = {
     "LiveBuffer": lambda s: memmanager.live_buffers()[0],
     "MemManagerError": lambda s: _core.MemManagerError("x"),
     "OverlapError": lambda s: _core.OverlapError("x"),
+    "Log": lambda s: _core.Log("PyAlloc", "/dev/null"),
 }
 # Every descriptor of Buffer (its own C ones, the Python methods installed
 # on it): attacked one by one, so that one crashing descriptor does not
@@ -79,7 +80,7 @@ CUDA_SAMPLES = {"DeviceView"}
 # The module's types that SAMPLES covers, by the type's __name__.
 SAMPLED_TYPES = {"Buffer", "Allocator", "DeviceView", "_ViewEntry", "cached_classmethod",
                  "MemManagerError", "OverlapError", "UnknownAllocatorError",
-                 "DeviceUnavailableError", "PyCapsule", "LiveBuffer"}
+                 "DeviceUnavailableError", "PyCapsule", "LiveBuffer", "Log"}
 
 
 def module_type_names() -> List[str]:
