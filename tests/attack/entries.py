@@ -326,6 +326,8 @@ ENTRIES: List[Entry] = [
       setup=with_log),
     E("mm.Log", P("upstream", ALLOC, "PyAlloc"), P("path", STR, lambda s: s.log_path),
       setup=with_log),
+    E("mm.Limit", P("upstream", ALLOC, "PyAlloc"), P("max_bytes", INT, 1000)),
+    E("core._adaptors"),
     E("mm.use", K("allocators", ITER, ["PyAlloc", "AttackPlug"]), K("devices", ITER, ["NVIDIA_GPU"]),
       K("views", ITER, ["numpy", "attackview"])),
     *[E("cuda." + name, cuda=True) for name in (
@@ -365,12 +367,14 @@ def _view_clone(view: Any) -> Any:
 # tests/test_attack_types.py), constants, and construction dunders.
 NOT_CALLED = {
     "mm.DeviceUnavailableError", "mm.DeviceView", "mm.LiveBuffer", "mm.MemManagerError",
-    "mm.OverlapError", "mm.ReplayResult", "mm.TRACEMALLOC_DOMAIN", "mm.UnknownAllocatorError",
+    "mm.OverlapError", "mm.ReplayResult", "mm.LimitExceededError", "core.LimitExceededError", "mm.TRACEMALLOC_DOMAIN", "mm.UnknownAllocatorError",
     "mm.UnknownViewKindError", "mm.__version__", "mm.cuda",
     "cuda.DeviceUnavailableError", "cuda.DeviceView",
     "core.Allocator", "core.Buffer", "core.DEBUG", "core.DeviceUnavailableError",
     "core.DeviceView", "core.MemManagerError", "core.OverlapError", "core.TRACEMALLOC_DOMAIN",
     "core.UnknownAllocatorError",
+    # the adaptor types: the same objects as mm.Limit, mm.Pool, mm.Log
+    "core.Limit", "core.Pool", "core.Log",
     "buf.__new__", "buf.__doc__", "buf.__module__", "buf.consume", "buf.attach",
     # DeviceView / Allocator: made by the module only (test_attack_types.py)
     "dv.__new__", "dv.__doc__", "dv.__module__", "alloc.__doc__", "alloc.__new__", "alloc.__module__",

@@ -67,6 +67,8 @@ SAMPLES: Dict[str, Callable[[State], Any]] = {
     "MemManagerError": lambda s: _core.MemManagerError("x"),
     "OverlapError": lambda s: _core.OverlapError("x"),
     "Log": lambda s: _core.Log("PyAlloc", "/dev/null"),
+    "Limit": lambda s: _core.Limit("PyAlloc", 1000),
+    "LimitExceededError": lambda s: _core.LimitExceededError("x"),
 }
 # Every descriptor of Buffer (its own C ones, the Python methods installed
 # on it): attacked one by one, so that one crashing descriptor does not
@@ -80,7 +82,8 @@ CUDA_SAMPLES = {"DeviceView"}
 # The module's types that SAMPLES covers, by the type's __name__.
 SAMPLED_TYPES = {"Buffer", "Allocator", "DeviceView", "_ViewEntry", "cached_classmethod",
                  "MemManagerError", "OverlapError", "UnknownAllocatorError",
-                 "DeviceUnavailableError", "PyCapsule", "LiveBuffer", "Log"}
+                 "DeviceUnavailableError", "PyCapsule", "LiveBuffer", "Log", "Limit",
+                 "LimitExceededError"}
 
 
 def module_type_names() -> List[str]:
