@@ -20,15 +20,18 @@ from . import cuda
 from ._plugins import register_allocator, use
 from ._core import (
     TRACEMALLOC_DOMAIN,
+    AllocatorStatistics,
     Buffer,
     DeviceUnavailableError,
     DeviceView,
     MemManagerError,
     OverlapError,
+    Statistics,
     UnknownAllocatorError,
     allocators,
     collect_delayed,
     get_delayed_gc_objects,
+    statistics,
     stats,
 )
 from ._views import UnknownViewKindError, register_view, view_kinds
@@ -36,12 +39,14 @@ from ._views import UnknownViewKindError, register_view, view_kinds
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllocatorStatistics",
     "Buffer",
     "DeviceUnavailableError",
     "DeviceView",
     "LiveBuffer",
     "MemManagerError",
     "OverlapError",
+    "Statistics",
     "TRACEMALLOC_DOMAIN",
     "UnknownAllocatorError",
     "UnknownViewKindError",
@@ -55,6 +60,7 @@ __all__ = [
     "register_allocator",
     "register_view",
     "report",
+    "statistics",
     "stats",
     "use",
     "view_kinds",

@@ -89,16 +89,25 @@ BufferObject *mm_buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
 int mm_buffer_register_region(mm_state *st, BufferObject *self)
 {
     region_info other;
+    PyObject *scope = NULL;   /* statistics.c: who counts this buffer */
     assert(self->owns_memory);   /* non-owning ones: interop/consume.c */
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
+    if (MM_UNLIKELY(mm_statistics_any_active()) &&
+        mm_statistics_prepare(st, self->allocator, &scope) < 0) {
+        return -1;
+    }
     if (mm_region_registry_insert(&self->node, start, end, self->identifier,
                                self->allocator->stats_slot, &other) != 0) {
+        Py_XDECREF(scope);
         mm_raise_overlap(st, start, end, &other);
         return -1;
     }
     if (MM_UNLIKELY(self->allocator->debug)) {
         mm_debug_check_registry("an insert");
+    }
+    if (MM_UNLIKELY(scope != NULL)) {
+        mm_statistics_count_allocation(self, scope);
     }
     return 0;
 }
@@ -164,6 +173,9 @@ int mm_buffer_release_memory(BufferObject *self)
         PyBuffer_Release(&self->source_view);
     }
     Py_CLEAR(self->source);
+    if (MM_UNLIKELY(self->statistics != NULL)) {
+        mm_statistics_count_free(self);   /* last: it may run a dealloc */
+    }
     return 0;
 }
 
@@ -306,6 +318,7 @@ int mm_buffer_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->death_stub);
     Py_VISIT(self->allocator);
     Py_VISIT(self->source);
+    Py_VISIT(self->statistics);
     if (self->block_cookie != NULL) {
         int rc = mm_allocator_visit_block(self->allocator, self->block_cookie, visit, arg);
         if (rc != 0) {
