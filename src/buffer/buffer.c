@@ -86,30 +86,67 @@ BufferObject *mm_buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
     return self;
 }
 
-int mm_buffer_register_region(mm_state *st, BufferObject *self)
+static int insert_region(mm_state *st, BufferObject *self)
 {
     region_info other;
-    PyObject *scope = NULL;   /* statistics.c: who counts this buffer */
-    assert(self->owns_memory);   /* non-owning ones: interop/consume.c */
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
-    if (MM_UNLIKELY(mm_statistics_any_active()) &&
-        mm_statistics_prepare(st, self->allocator, &scope) < 0) {
-        return -1;
-    }
     if (mm_region_registry_insert(&self->node, start, end, self->identifier,
                                self->allocator->stats_slot, &other) != 0) {
-        Py_XDECREF(scope);
         mm_raise_overlap(st, start, end, &other);
         return -1;
     }
     if (MM_UNLIKELY(self->allocator->debug)) {
         mm_debug_check_registry("an insert");
     }
-    if (MM_UNLIKELY(scope != NULL)) {
+    return 0;
+}
+
+/* Keeps the rare paths out of the hot functions' instruction stream. */
+#if defined(__GNUC__)
+#define MM_NOINLINE __attribute__((noinline))
+#else
+#define MM_NOINLINE
+#endif
+
+/* A statistics scope is active somewhere: the buffer is counted in the
+ * current context's scopes once it is registered (statistics.c). */
+static MM_NOINLINE int insert_counted_region(mm_state *st, BufferObject *self)
+{
+    PyObject *scope;
+    if (mm_statistics_prepare(st, self->allocator, &scope) < 0) {
+        return -1;
+    }
+    if (insert_region(st, self) < 0) {
+        Py_XDECREF(scope);
+        return -1;
+    }
+    if (scope != NULL) {
         mm_statistics_count_allocation(self, scope);
     }
     return 0;
+}
+
+/* mm_buffer_register_region, inlined into mm_buffer_create: with no scope
+ * active, the statistics cost one load and branch. */
+#if defined(__GNUC__)
+#define MM_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define MM_ALWAYS_INLINE inline
+#endif
+
+static MM_ALWAYS_INLINE int register_owned_region(mm_state *st, BufferObject *self)
+{
+    assert(self->owns_memory);   /* non-owning ones: interop/consume.c */
+    if (MM_UNLIKELY(mm_statistics_any_active())) {
+        return insert_counted_region(st, self);
+    }
+    return insert_region(st, self);
+}
+
+int mm_buffer_register_region(mm_state *st, BufferObject *self)
+{
+    return register_owned_region(st, self);
 }
 
 /* The buffer owns block from here on and frees it through alloc. */
@@ -421,7 +458,7 @@ PyObject *mm_buffer_create(PyTypeObject *type, PyObject *const *args,
         goto error;
     }
     mm_buffer_adopt_block(self, alloc, &block);
-    if (mm_buffer_register_region(st, self) < 0 ||
+    if (register_owned_region(st, self) < 0 ||
         mm_buffer_finish_construction(st, self, a.death_stub, delayed_gc) < 0) {
         goto error;
     }
