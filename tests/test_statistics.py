@@ -245,6 +245,15 @@ def test_attach_counted():
     owner.release()
 
 
+def test_subclass_buffers_counted():
+    class Sub(Buffer):
+        pass
+
+    with statistics() as s:
+        Sub(6, 2, allocator="CMalloc")
+    assert s["CMalloc"].allocated_bytes == 12 and s.frees == 1
+
+
 def test_refused_construction_counts_nothing():
     with statistics() as s:
         with pytest.raises(ValueError):
@@ -300,15 +309,35 @@ def test_exit_out_of_order_is_refused_and_harmless():
     assert outer.allocations == 1
 
 
-def test_long_chain_collected_without_recursion():
+def test_chain_left_active_in_a_dead_context_is_collected():
     def build():
-        for _ in range(100_000):
+        for _ in range(10_000):
             statistics().__enter__()
+        Buffer(8, 1)
 
     ctx = contextvars.copy_context()
     ctx.run(build)
     del ctx
     gc.collect()   # the fixture checks every scope ended
+
+
+def test_long_chain_deallocated_without_deep_recursion():
+    # Only the innermost scope is held: dropping it frees 300000 parents,
+    # one inside the other's dealloc (a crash without the trashcan).
+    from conftest import run_python
+
+    result = run_python("""
+        import memmanager
+        scopes = [memmanager.statistics().__enter__() for _ in range(300_000)]
+        for s in reversed(scopes):
+            s.__exit__(None, None, None)
+        innermost = scopes[-1]
+        scopes.clear()
+        del innermost
+        print("ok")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
 
 
 # --------------------------------------------------------------------------
@@ -375,6 +404,15 @@ def test_enter_in_another_thread_counts_there():
     t.join()
     assert len(failures) == 1
     assert s.allocations == 1 and s.allocated_bytes == 7 and not s.active
+
+
+def test_free_counted_whichever_thread_frees():
+    with statistics() as s:
+        box = [Buffer(32, 1)]
+        t = threading.Thread(target=box.clear)    # the last reference goes there
+        t.start()
+        t.join()
+        assert s.frees == 1 and s.live_bytes == 0
 
 
 def test_asyncio_task_made_inside_counts():

@@ -439,6 +439,10 @@ static uint64_t counter_at(const scope_counts *c, Py_ssize_t field)
 /* An AllocatorStatistics of *c (a copy the caller took under the lock). */
 static PyObject *counts_object(mm_state *st, const scope_counts *c)
 {
+    if (st->statistics_counts_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "memmanager is being torn down");
+        return NULL;
+    }
     PyObject *result = PyStructSequence_New(st->statistics_counts_type);
     if (result == NULL) {
         return NULL;

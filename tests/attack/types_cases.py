@@ -66,6 +66,9 @@ SAMPLES: Dict[str, Callable[[State], Any]] = {
     "LiveBuffer": lambda s: memmanager.live_buffers()[0],
     "MemManagerError": lambda s: _core.MemManagerError("x"),
     "OverlapError": lambda s: _core.OverlapError("x"),
+    "Statistics": lambda s: memmanager.statistics(),
+    "Statistics-active": lambda s: memmanager.statistics().__enter__(),
+    "AllocatorStatistics": lambda s: memmanager.statistics()["PyAlloc"],
 }
 # Every descriptor of Buffer (its own C ones, the Python methods installed
 # on it): attacked one by one, so that one crashing descriptor does not
@@ -79,7 +82,8 @@ CUDA_SAMPLES = {"DeviceView"}
 # The module's types that SAMPLES covers, by the type's __name__.
 SAMPLED_TYPES = {"Buffer", "Allocator", "DeviceView", "_ViewEntry", "cached_classmethod",
                  "MemManagerError", "OverlapError", "UnknownAllocatorError",
-                 "DeviceUnavailableError", "PyCapsule", "LiveBuffer"}
+                 "DeviceUnavailableError", "PyCapsule", "LiveBuffer",
+                 "Statistics", "AllocatorStatistics"}
 
 
 def module_type_names() -> List[str]:
