@@ -68,6 +68,7 @@
 #include "buffer/buffer.h"
 
 #include <stddef.h>
+#include <string.h>
 
 enum {
     SCOPE_NEW,
@@ -101,19 +102,23 @@ static const size_t counter_offsets[] = {
 };
 #define COUNTER_COUNT ((Py_ssize_t)(sizeof(counter_offsets) / sizeof(counter_offsets[0])))
 
-/* One allocator name's counters in one scope. */
+/* One allocator name's counters in one scope.  Entries are made before
+ * a buffer of that allocator is registered (so that counting it cannot
+ * fail), and never removed: one whose allocations are 0 is not shown. */
 typedef struct {
-    PyObject *name;           /* str, strong; NULL: no buffer of it counted */
+    int stats_slot;           /* the registry's slot of the name */
+    PyObject *name;           /* str, strong */
     scope_counts counts;
 } scope_slot;
 
 typedef struct {
     PyObject_HEAD
     PyObject *parent;         /* strong: the scope innermost at enter, or NULL */
-    PyObject *token;          /* strong while entering/active/exiting, else NULL */
+    PyObject *token;          /* strong while active or exiting, else NULL */
     scope_counts total;
-    scope_slot *slots;        /* PyMem_Malloc'd, indexed by the registry's stats slot */
+    scope_slot *slots;        /* PyMem_Malloc'd: slot_count used of slot_capacity */
     Py_ssize_t slot_count;
+    Py_ssize_t slot_capacity;
     unsigned char state;      /* SCOPE_* */
 } StatisticsObject;
 
@@ -149,25 +154,38 @@ static void count_scope_ended(void)
 /* Counting (called from buffer.c)                                     */
 /* ------------------------------------------------------------------ */
 
-/* Room for stats slot `slot` in self's table; -1 with MemoryError. */
-static int reserve_slot(StatisticsObject *self, int slot)
+/* self's entry for the registry's stats slot `slot`, or NULL.  A scope
+ * sees a few allocators: a linear search. */
+static scope_slot *find_slot(StatisticsObject *self, int slot)
 {
-    if (slot < 0 || slot < self->slot_count) {
+    for (Py_ssize_t i = 0; i < self->slot_count; i++) {
+        if (self->slots[i].stats_slot == slot) {
+            return &self->slots[i];
+        }
+    }
+    return NULL;
+}
+
+/* An entry for alloc in self (made now if missing); -1 with MemoryError. */
+static int reserve_slot(StatisticsObject *self, AllocatorObject *alloc)
+{
+    if (alloc->stats_slot < 0 || find_slot(self, alloc->stats_slot) != NULL) {
         return 0;
     }
-    Py_ssize_t count = self->slot_count ? self->slot_count : 8;
-    while (count <= slot) {
-        count *= 2;
+    if (self->slot_count == self->slot_capacity) {
+        Py_ssize_t capacity = self->slot_capacity ? 2 * self->slot_capacity : 4;
+        scope_slot *grown = PyMem_Realloc(self->slots, (size_t)capacity * sizeof(scope_slot));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->slots = grown;
+        self->slot_capacity = capacity;
     }
-    scope_slot *grown = PyMem_Realloc(self->slots, (size_t)count * sizeof(scope_slot));
-    if (grown == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    memset(grown + self->slot_count, 0,
-           (size_t)(count - self->slot_count) * sizeof(scope_slot));
-    self->slots = grown;
-    self->slot_count = count;
+    scope_slot *entry = &self->slots[self->slot_count++];
+    memset(entry, 0, sizeof(*entry));
+    entry->stats_slot = alloc->stats_slot;
+    entry->name = Py_NewRef(alloc->name);
     return 0;
 }
 
@@ -202,7 +220,7 @@ int mm_statistics_prepare(mm_state *st, AllocatorObject *alloc, PyObject **scope
             continue;
         }
         SCOPE_LOCK(op);
-        rc = reserve_slot(SCOPE(op), alloc->stats_slot);
+        rc = reserve_slot(SCOPE(op), alloc);
         SCOPE_UNLOCK();
         if (rc < 0) {
             break;
@@ -252,11 +270,9 @@ void mm_statistics_count_allocation(BufferObject *self, PyObject *scope)
         }
         SCOPE_LOCK(op);
         add_allocation(&s->total, nbytes);
-        if (slot >= 0 && slot < s->slot_count) {   /* reserved by prepare */
-            if (s->slots[slot].name == NULL) {
-                s->slots[slot].name = Py_NewRef(self->allocator->name);
-            }
-            add_allocation(&s->slots[slot].counts, nbytes);
+        scope_slot *entry = find_slot(s, slot);   /* made by prepare */
+        if (entry != NULL) {
+            add_allocation(&entry->counts, nbytes);
         }
         SCOPE_UNLOCK();
     }
@@ -275,8 +291,9 @@ void mm_statistics_count_free(BufferObject *self)
         }
         SCOPE_LOCK(op);
         add_free(&s->total, nbytes);
-        if (slot >= 0 && slot < s->slot_count && s->slots[slot].name != NULL) {
-            add_free(&s->slots[slot].counts, nbytes);
+        scope_slot *entry = find_slot(s, slot);
+        if (entry != NULL) {
+            add_free(&entry->counts, nbytes);
         }
         SCOPE_UNLOCK();
     }
@@ -303,6 +320,7 @@ PyObject *mm_statistics_new(PyObject *module, PyObject *Py_UNUSED(unused))
     memset(&self->total, 0, sizeof(self->total));
     self->slots = NULL;
     self->slot_count = 0;
+    self->slot_capacity = 0;
     self->state = SCOPE_NEW;
     PyObject_GC_Track((PyObject *)self);
     return (PyObject *)self;
@@ -473,39 +491,20 @@ static PyObject *scope_get_active(PyObject *op, void *Py_UNUSED(closure))
     return PyBool_FromLong(SCOPE(op)->state == SCOPE_ACTIVE);
 }
 
-/* The counters of slot i (zeros for an unused one), copied under the lock. */
-static scope_counts slot_counts(StatisticsObject *self, Py_ssize_t i)
+/* Entry i's name (a new reference) and counters, copied under the lock;
+ * 0 when there is no entry i.  Entries are only ever appended. */
+static int entry_at(StatisticsObject *self, Py_ssize_t i, PyObject **name,
+                    scope_counts *counts)
 {
-    scope_counts c;
-    memset(&c, 0, sizeof(c));
-    SCOPE_LOCK(self);
-    if (i >= 0 && i < self->slot_count) {
-        c = self->slots[i].counts;
-    }
-    SCOPE_UNLOCK();
-    return c;
-}
-
-/* The name of slot i (a new reference), or NULL when unused.  Names are
- * set once and never cleared while the scope lives. */
-static PyObject *slot_name(StatisticsObject *self, Py_ssize_t i)
-{
-    PyObject *name = NULL;
+    int found = 0;
     SCOPE_LOCK(self);
     if (i < self->slot_count) {
-        name = Py_XNewRef(self->slots[i].name);
+        *name = Py_NewRef(self->slots[i].name);
+        *counts = self->slots[i].counts;
+        found = 1;
     }
     SCOPE_UNLOCK();
-    return name;
-}
-
-static Py_ssize_t slot_limit(StatisticsObject *self)
-{
-    Py_ssize_t n;
-    SCOPE_LOCK(self);
-    n = self->slot_count;
-    SCOPE_UNLOCK();
-    return n;
+    return found;
 }
 
 static PyObject *scope_get_allocators(PyObject *op, void *Py_UNUSED(closure))
@@ -520,13 +519,14 @@ static PyObject *scope_get_allocators(PyObject *op, void *Py_UNUSED(closure))
         return NULL;
     }
     /* The table may grow while the dict is filled (a collection during
-     * an allocation here may make buffers): re-read its length each time. */
-    for (Py_ssize_t i = 0; i < slot_limit(self); i++) {
-        PyObject *name = slot_name(self, i);
-        if (name == NULL) {
+     * an allocation here may make buffers): entry_at reads it afresh. */
+    PyObject *name;
+    scope_counts c;
+    for (Py_ssize_t i = 0; entry_at(self, i, &name, &c); i++) {
+        if (c.allocations == 0) {   /* made for a buffer that was refused */
+            Py_DECREF(name);
             continue;
         }
-        scope_counts c = slot_counts(self, i);
         PyObject *entry = counts_object(st, &c);
         int rc = entry == NULL ? -1 : PyDict_SetItem(result, name, entry);
         Py_XDECREF(entry);
@@ -553,18 +553,17 @@ static PyObject *scope_subscript(PyObject *op, PyObject *key)
                      Py_TYPE(key)->tp_name);
         return NULL;
     }
+    PyObject *name;
     scope_counts c;
-    memset(&c, 0, sizeof(c));
-    for (Py_ssize_t i = 0; i < slot_limit(self); i++) {
-        PyObject *name = slot_name(self, i);
+    for (Py_ssize_t i = 0; entry_at(self, i, &name, &c); i++) {
         /* str against str compares the characters: no Python code runs. */
-        int same = name != NULL && PyUnicode_Compare(name, key) == 0;
-        Py_XDECREF(name);
+        int same = PyUnicode_Compare(name, key) == 0;
+        Py_DECREF(name);
         if (same) {
-            c = slot_counts(self, i);
-            break;
+            return counts_object(st, &c);
         }
     }
+    memset(&c, 0, sizeof(c));
     return counts_object(st, &c);
 }
 
@@ -627,7 +626,7 @@ static void scope_dealloc(PyObject *op)
     }
     PyMem_Free(self->slots);
     self->slots = NULL;
-    self->slot_count = 0;
+    self->slot_count = self->slot_capacity = 0;
     tp->tp_free(op);
     Py_DECREF(tp);
     Py_TRASHCAN_END
