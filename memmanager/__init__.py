@@ -21,6 +21,7 @@ from ._plugins import register_allocator, use
 from ._replay import ReplayResult, replay
 from ._core import (
     TRACEMALLOC_DOMAIN,
+    AllocatorStatistics,
     Buffer,
     DeviceUnavailableError,
     DeviceView,
@@ -30,10 +31,12 @@ from ._core import (
     MemManagerError,
     Pool,
     OverlapError,
+    Statistics,
     UnknownAllocatorError,
     allocators,
     collect_delayed,
     get_delayed_gc_objects,
+    statistics,
     stats,
 )
 from ._views import UnknownViewKindError, register_view, view_kinds
@@ -41,6 +44,7 @@ from ._views import UnknownViewKindError, register_view, view_kinds
 __version__ = "0.1.0"
 
 __all__ = [
+    "AllocatorStatistics",
     "Buffer",
     "DeviceUnavailableError",
     "DeviceView",
@@ -51,6 +55,7 @@ __all__ = [
     "MemManagerError",
     "OverlapError",
     "Pool",
+    "Statistics",
     "TRACEMALLOC_DOMAIN",
     "UnknownAllocatorError",
     "UnknownViewKindError",
@@ -66,6 +71,7 @@ __all__ = [
     "replay",
     "ReplayResult",
     "report",
+    "statistics",
     "stats",
     "use",
     "view_kinds",

@@ -86,10 +86,9 @@ BufferObject *mm_buffer_alloc_object(PyTypeObject *type, const buffer_args *a)
     return self;
 }
 
-int mm_buffer_register_region(mm_state *st, BufferObject *self)
+static int insert_region(mm_state *st, BufferObject *self)
 {
     region_info other;
-    assert(self->owns_memory);   /* non-owning ones: interop/consume.c */
     uintptr_t start = (uintptr_t)self->data;
     uintptr_t end = start + (uintptr_t)self->nbytes;
     if (mm_region_registry_insert(&self->node, start, end, self->identifier,
@@ -101,6 +100,53 @@ int mm_buffer_register_region(mm_state *st, BufferObject *self)
         mm_debug_check_registry("an insert");
     }
     return 0;
+}
+
+/* Keeps the rare paths out of the hot functions' instruction stream. */
+#if defined(__GNUC__)
+#define MM_NOINLINE __attribute__((noinline))
+#else
+#define MM_NOINLINE
+#endif
+
+/* A statistics scope is active somewhere: the buffer is counted in the
+ * current context's scopes once it is registered (statistics.c). */
+static MM_NOINLINE int insert_counted_region(mm_state *st, BufferObject *self)
+{
+    PyObject *scope;
+    if (mm_statistics_prepare(st, self->allocator, &scope) < 0) {
+        return -1;
+    }
+    if (insert_region(st, self) < 0) {
+        Py_XDECREF(scope);
+        return -1;
+    }
+    if (scope != NULL) {
+        mm_statistics_count_allocation(self, scope);
+    }
+    return 0;
+}
+
+/* mm_buffer_register_region, inlined into mm_buffer_create: with no scope
+ * active, the statistics cost one load and branch. */
+#if defined(__GNUC__)
+#define MM_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define MM_ALWAYS_INLINE inline
+#endif
+
+static MM_ALWAYS_INLINE int register_owned_region(mm_state *st, BufferObject *self)
+{
+    assert(self->owns_memory);   /* non-owning ones: interop/consume.c */
+    if (MM_UNLIKELY(mm_statistics_any_active())) {
+        return insert_counted_region(st, self);
+    }
+    return insert_region(st, self);
+}
+
+int mm_buffer_register_region(mm_state *st, BufferObject *self)
+{
+    return register_owned_region(st, self);
 }
 
 /* The buffer owns block from here on and frees it through alloc. */
@@ -164,6 +210,9 @@ int mm_buffer_release_memory(BufferObject *self)
         PyBuffer_Release(&self->source_view);
     }
     Py_CLEAR(self->source);
+    if (MM_UNLIKELY(self->statistics != NULL)) {
+        mm_statistics_count_free(self);   /* last: it may run a dealloc */
+    }
     return 0;
 }
 
@@ -306,6 +355,7 @@ int mm_buffer_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->death_stub);
     Py_VISIT(self->allocator);
     Py_VISIT(self->source);
+    Py_VISIT(self->statistics);
     if (self->block_cookie != NULL) {
         int rc = mm_allocator_visit_block(self->allocator, self->block_cookie, visit, arg);
         if (rc != 0) {
@@ -408,7 +458,7 @@ PyObject *mm_buffer_create(PyTypeObject *type, PyObject *const *args,
         goto error;
     }
     mm_buffer_adopt_block(self, alloc, &block);
-    if (mm_buffer_register_region(st, self) < 0 ||
+    if (register_owned_region(st, self) < 0 ||
         mm_buffer_finish_construction(st, self, a.death_stub, delayed_gc) < 0) {
         goto error;
     }

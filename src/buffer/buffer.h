@@ -10,9 +10,11 @@
  *   delayed_gc.c  the pinned table (delayed_gc=True), collect_delayed()
  *   views.c       the per-buffer store of named views, and its GC support
  *   attach.c      Buffer.attach and buf.name (SharedMemory)
+ *   statistics.c  memmanager.statistics(): scoped allocation counters
  *
- * Within the layer: the inline checks below, args.c, delayed_gc.c and
- * views.c stand below buffer.c; access.c and attach.c above it.
+ * Within the layer: the inline checks below, args.c, delayed_gc.c,
+ * views.c and statistics.c stand below buffer.c; access.c and attach.c
+ * above it.
  * State a higher layer keeps per buffer hangs on a mm_buffer_attachment,
  * which frees itself, so this layer knows nothing of it.
  *
@@ -48,6 +50,8 @@ struct BufferObject {
     region_node node;         /* this buffer's entry in the live-region registry */
     uint64_t identifier;      /* unique for the process's life (mm_buffer_alloc_object) */
     mm_buffer_attachment *device; /* GPU mappings (cuda/device.c), or NULL */
+    PyObject *statistics;     /* strong: the innermost statistics scope that
+                                 counted this buffer (statistics.c), or NULL */
     /* One-shot region requested by region(): consumed by the next getbuffer. */
     Py_ssize_t pending_offset;
     Py_ssize_t pending_length;
@@ -220,5 +224,31 @@ PyObject *mm_buffer_view_names(PyObject *self, PyObject *unused);
 PyObject *mm_buffer_attach(PyObject *cls, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames);
 PyObject *mm_buffer_get_name(PyObject *op, void *closure);
+
+/* statistics.c: memmanager.statistics() scopes.  Nothing is counted while
+ * no scope is active anywhere (mm_statistics_any_active() is 0). */
+extern Py_ssize_t mm_statistics_active_scopes;
+
+static inline int mm_statistics_any_active(void)
+{
+    return __atomic_load_n(&mm_statistics_active_scopes, __ATOMIC_RELAXED) != 0;
+}
+
+/* Before a new owned buffer of alloc is registered: the innermost active
+ * scope of the current context as a new reference in *scope (NULL: none),
+ * with room made for alloc in it and every active scope around it.  -1
+ * with MemoryError (nothing held). */
+int mm_statistics_prepare(mm_state *st, AllocatorObject *alloc, PyObject **scope);
+/* Once it is registered: counts self in scope's chain; self keeps the
+ * reference prepare made. */
+void mm_statistics_count_allocation(BufferObject *self, PyObject *scope);
+/* At release (self->statistics != NULL): counts the free and drops the
+ * reference, which may run a dealloc: call it last.  Never raises. */
+void mm_statistics_count_free(BufferObject *self);
+/* The module's functions statistics() and _statistics_active_scopes(),
+ * and its types Statistics and AllocatorStatistics (module/module.c). */
+PyObject *mm_statistics_new(PyObject *module, PyObject *unused);
+PyObject *mm_statistics_active_count(PyObject *module, PyObject *unused);
+int mm_statistics_add_types(PyObject *module, mm_state *st);
 
 #endif /* MEMMANAGER_BUFFER_H */

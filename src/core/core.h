@@ -113,6 +113,12 @@ typedef struct {
     PyObject *str_readonly;
     PyObject *str_owner;
     PyTypeObject *device_view_type;
+    /* buffer/statistics.c: memmanager.statistics() scopes, their
+     * per-allocator counters, and the context variable holding the
+     * innermost active scope of each context. */
+    PyTypeObject *statistics_type;
+    PyTypeObject *statistics_counts_type;
+    PyObject *statistics_var;
     PyObject *cuda_driver;     /* capsule: the CUDA loader, loaded at first use */
     /* mm_allocator_lookup's memory of the last name it found and what it
      * named (both strong); forgotten by every change to `allocators`

@@ -7,6 +7,8 @@
  *   get_delayed_gc_objects() identifiers of the pinned buffers
  *   collect_delayed(ids)     unpin (and so free) pinned buffers
  *   allocators()             registered allocator names
+ *   statistics()             a new allocation-statistics scope (buffer/statistics.c)
+ *   _statistics_active_scopes()  how many scopes are active, for tests
  *   _register_allocator(n, impl)  a plug-in (capsule, Python object, adaptor)
  *   _adaptors()              the registered adaptors, for report()
  *   _release_pinned_at_exit()  called from an atexit hook
@@ -277,6 +279,12 @@ static PyMethodDef module_methods[] = {
     {"_adaptors", mm_adaptors, METH_NOARGS,
      "_adaptors()\n--\n\n"
      "(name, kind, upstream, adaptor) for each registered adaptor."},
+    {"statistics", mm_statistics_new, METH_NOARGS,
+     "statistics()\n--\n\nA new Statistics scope: `with statistics() as s:` counts the\n"
+     "buffers made in the block, in this thread or context, per allocator."},
+    {"_statistics_active_scopes", mm_statistics_active_count, METH_NOARGS,
+     "_statistics_active_scopes()\n--\n\n"
+     "How many statistics scopes are active in the process (for tests)."},
     {"_register_allocator", (PyCFunction)(void (*)(void))mm_register_allocator,
      METH_FASTCALL,
      "_register_allocator(name, impl, /)\n--\n\n"
@@ -465,7 +473,8 @@ static int module_exec(PyObject *module)
     }
     if (mm_interp_attach(st) < 0 || intern_option_names(st) < 0 ||
         add_exceptions(module, st) < 0 || add_types(module, st) < 0 ||
-        mm_views_add_types(module, st) < 0 || add_adaptor_types(module, st) < 0) {
+        mm_views_add_types(module, st) < 0 || add_adaptor_types(module, st) < 0 ||
+        mm_statistics_add_types(module, st) < 0) {
         return -1;
     }
     if ((st->allocators = PyDict_New()) == NULL ||
@@ -528,6 +537,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->address_resolver);
     Py_VISIT(st->cmalloc_allocator);
     Py_VISIT(st->device_view_type);
+    Py_VISIT(st->statistics_type);
+    Py_VISIT(st->statistics_counts_type);
+    Py_VISIT(st->statistics_var);
     Py_VISIT(st->cuda_driver);
     return 0;
 }
@@ -566,6 +578,9 @@ static int module_clear(PyObject *module)
     Py_CLEAR(st->view_entry_type);
     Py_CLEAR(st->view_export_type);
     Py_CLEAR(st->device_view_type);
+    Py_CLEAR(st->statistics_type);
+    Py_CLEAR(st->statistics_counts_type);
+    Py_CLEAR(st->statistics_var);
     Py_CLEAR(st->cuda_driver);
     return 0;
 }

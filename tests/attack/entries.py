@@ -211,6 +211,18 @@ _collect_one.__name__ = "mm.collect_delayed(buf)"
 ID = lambda s: [s.buf.identifier]  # noqa: E731
 STUB_OK = lambda s: (lambda info: None)  # noqa: E731
 
+def _statistics_block(state: Any) -> Callable[..., Any]:
+    """A with memmanager.statistics() block around a buffer of the State."""
+    def block() -> Any:
+        with memmanager.statistics() as scope:
+            state.new(8, 1)
+            scope.allocators
+        return scope.allocations
+    return block
+
+
+_statistics_block.__name__ = "with mm.statistics()"
+
 ENTRIES: List[Entry] = [
     # --- construction ------------------------------------------------------
     E("mm.Buffer", P("num_items", INT, 16), P("item_size", INT, 4), P("options", MAP, lambda s: s.options),
@@ -315,7 +327,8 @@ ENTRIES: List[Entry] = [
     # --- the module ----------------------------------------------------------
     *[E("mm." + name) for name in (
         "stats", "live_buffers", "report", "allocators", "get_delayed_gc_objects", "get_include",
-        "view_kinds")],
+        "view_kinds", "statistics")],
+    E(_statistics_block),
     E("mm.collect_delayed", P("identifiers", ITER, ID)),
     E("mm.collect_delayed", variant="all"),
     E(_collect_one, setup=pinned, check=is_unpinned),
@@ -334,7 +347,7 @@ ENTRIES: List[Entry] = [
         "is_available", "device_count", "unavailable_reason", "driver_version")],
     *[E("core." + name) for name in (
         "_live_buffers", "_registry_check", "_registry_locking", "_cuda_probe", "allocators",
-        "stats", "get_delayed_gc_objects")],
+        "stats", "get_delayed_gc_objects", "statistics", "_statistics_active_scopes")],
     E("core._cuda_reset", setup=with_mapping, cuda=True),
     E("core._shm_unlink_at_exit", setup=shm_buffer),
     E("core._release_pinned_at_exit", setup=lambda s: s.new(8, 1, delayed_gc=True)),
@@ -369,6 +382,7 @@ NOT_CALLED = {
     "mm.DeviceUnavailableError", "mm.DeviceView", "mm.LiveBuffer", "mm.MemManagerError",
     "mm.OverlapError", "mm.ReplayResult", "mm.LimitExceededError", "core.LimitExceededError", "mm.TRACEMALLOC_DOMAIN", "mm.UnknownAllocatorError",
     "mm.UnknownViewKindError", "mm.__version__", "mm.cuda",
+    "mm.Statistics", "mm.AllocatorStatistics", "core.Statistics", "core.AllocatorStatistics",
     "cuda.DeviceUnavailableError", "cuda.DeviceView",
     "core.Allocator", "core.Buffer", "core.DEBUG", "core.DeviceUnavailableError",
     "core.DeviceView", "core.MemManagerError", "core.OverlapError", "core.TRACEMALLOC_DOMAIN",

@@ -69,6 +69,9 @@ SAMPLES: Dict[str, Callable[[State], Any]] = {
     "Log": lambda s: _core.Log("PyAlloc", "/dev/null"),
     "Limit": lambda s: _core.Limit("PyAlloc", 1000),
     "LimitExceededError": lambda s: _core.LimitExceededError("x"),
+    "Statistics": lambda s: memmanager.statistics(),
+    "Statistics-active": lambda s: memmanager.statistics().__enter__(),
+    "AllocatorStatistics": lambda s: memmanager.statistics()["PyAlloc"],
 }
 # Every descriptor of Buffer (its own C ones, the Python methods installed
 # on it): attacked one by one, so that one crashing descriptor does not
@@ -83,7 +86,7 @@ CUDA_SAMPLES = {"DeviceView"}
 SAMPLED_TYPES = {"Buffer", "Allocator", "DeviceView", "_ViewEntry", "cached_classmethod",
                  "MemManagerError", "OverlapError", "UnknownAllocatorError",
                  "DeviceUnavailableError", "PyCapsule", "LiveBuffer", "Log", "Limit",
-                 "LimitExceededError"}
+                 "LimitExceededError", "Statistics", "AllocatorStatistics"}
 
 
 def module_type_names() -> List[str]:
