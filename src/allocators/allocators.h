@@ -42,11 +42,12 @@
  * cost of touching a fresh 64 MiB block.  hugepages=True advises every
  * block, whatever its size; False never does; MEMMANAGER_HUGEPAGES=0 at
  * import turns the automatic choice off (an explicit True still advises).
- * Blocks of MM_HUGEPAGE_SIZE and more start on a huge-page boundary
- * (PyAlloc, CMalloc's malloc and Aligned see to it), or the kernel can
- * only use huge pages for the 2 MiB extents that happen to lie wholly
- * inside the mapping malloc made (docs/benchmarks.md has what that
- * costs). */
+ * Blocks of MM_HUGEPAGE_SIZE and more that may be advised start on a
+ * huge-page boundary, or the kernel can only use huge pages for the 2 MiB
+ * extents that happen to lie wholly inside the mapping malloc made
+ * (docs/benchmarks.md has what that costs): PyAlloc and CMalloc's malloc,
+ * whose free() knows only the size, lay out every block of that size so;
+ * Aligned those it will advise. */
 #define MM_HUGEPAGE_THRESHOLD ((size_t)4 << 20)
 #define MM_HUGEPAGE_SIZE ((size_t)2 << 20)
 #define MM_HUGEPAGES_AUTO (-1)
