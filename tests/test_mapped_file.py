@@ -432,7 +432,7 @@ def test_consume_is_refused(data_file):
     memory = ctypes.create_string_buffer(16)
     with pytest.raises(TypeError, match="MappedFile"):
         Buffer.consume(b"abc", 3, 1, allocator="MappedFile")
-    with pytest.raises(TypeError, match="MappedFile cannot consume"):
+    with pytest.raises(TypeError, match="MappedFile cannot adopt"):
         Buffer.consume(ctypes.addressof(memory), 16, 1, allocator="MappedFile")
 
 
