@@ -553,3 +553,24 @@ def test_listed_and_counted(data_file):
     with mapped(data_file, 10) as buf:
         assert memmanager.stats()["MappedFile"]["live_buffers"] == before + 1
         assert any(entry.identifier == buf.identifier for entry in memmanager.live_buffers())
+
+
+def test_cycles_keep_refcounts_and_descriptors(data_file):
+    import sys
+    path = str(data_file)
+    options = {"allocator": "MappedFile", "path": path, "mode": "r+", "offset": 3}
+    refs = lambda: (sys.getrefcount(path), sys.getrefcount(options))  # noqa: E731
+    before, fds = refs(), open_fds()
+    for i in range(300):
+        buf = Buffer(100, 1, options)
+        buf[0] = i % 256
+        if i % 3 == 0:
+            buf.flush()
+        buf.release()
+        try:
+            Buffer(100, 1, options, init_value=1)
+        except ValueError:
+            pass
+    assert refs() == before
+    assert open_fds() == fds
+    assert data_file.read_bytes()[3] == 299 % 256
