@@ -10,7 +10,6 @@ import tracemalloc
 
 import pytest
 
-import memmanager
 from memmanager import Buffer
 
 from conftest import run_python
