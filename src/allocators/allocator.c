@@ -635,7 +635,7 @@ int mm_allocator_take_block(AllocatorObject *alloc, const mm_request *req,
         alloc->ops->allocate(alloc, req, size, zero, out) < 0) {
         return -1;
     }
-    if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
+    if (alloc->advise_hugepages && mm_wants_hugepages(alloc, req, size, zero)) {
         mm_advise_hugepages(out->base, size);
     }
     mm_region_registry_account(alloc->stats_slot, size, 1);

@@ -39,9 +39,9 @@
  * process's own policy.  Guard bytes (MEMMANAGER_DEBUG) never apply: they
  * would shift the file's bytes.
  *
- * Inherent: another process may truncate the file while it is mapped;
- * touching a page past the new end is then a SIGBUS, which no library can
- * turn into an exception.
+ * Inherent: another process, or another "w+" buffer on the same path,
+ * may truncate the file while it is mapped; touching a page past the new
+ * end is then a SIGBUS, which no library can turn into an exception.
  *
  * Layer: allocators.  May call core/.
  */
