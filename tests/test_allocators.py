@@ -99,7 +99,7 @@ HUGE_PAGE = 2 << 20
 @pytest.mark.parametrize("allocator", ["PyAlloc", "CMalloc", "Aligned"])
 @pytest.mark.parametrize("init_value", [None, 7])
 def test_large_blocks_start_on_a_huge_page_boundary(allocator, init_value):
-    """From 4 MiB on, the heap allocators' blocks start on a 2 MiB boundary,
+    """From 2 MiB on, the heap allocators' blocks start on a 2 MiB boundary,
     so every 2 MiB of them can be a huge page wherever malloc's mapping
     lands (memmanager.h)."""
     for size in (4 << 20, (9 << 20) + 3):
@@ -201,7 +201,7 @@ def test_alignment_property(exponent, size, fill):
             assert buf[size // 2] == fill
 
 
-@pytest.mark.parametrize("allocator, option", [("Aligned", "alignmnet"), ("Aligned", "hugepages"),
+@pytest.mark.parametrize("allocator, option", [("Aligned", "alignmnet"), ("Aligned", "huge_pages"),
                                                ("Mmap", "alignment"), ("Mmap", "huge_pages"),
                                                ("SharedMemory", "nmae")])
 def test_unknown_option_named(allocator, option, registry_unchanged):
@@ -328,7 +328,8 @@ def test_mmap_flags_are_truthiness(make_buffer):
 
 @pytest.mark.parametrize("allocator", ["PyAlloc", "CMalloc"])
 def test_option_free_allocators_refuse_options(allocator, registry_unchanged):
-    for option in ("alignment", "hugepages", "name"):
+    """They take hugepages= only (tests/test_page_options.py)."""
+    for option in ("alignment", "numa_node", "name"):
         with registry_unchanged():
             with pytest.raises(TypeError, match=option):
                 Buffer(10, 1, allocator=allocator, **{option: 64})

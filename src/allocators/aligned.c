@@ -1,15 +1,21 @@
 /*
  * aligned.c -- the Aligned allocator kind:
  *
- *   Buffer(n, s, allocator="Aligned", alignment=64)
+ *   Buffer(n, s, allocator="Aligned", alignment=64, hugepages=None,
+ *          numa_node=None)
  *
  * The block starts at a multiple of `alignment`, a power of two from 1 to
- * 1 GiB (anything else is ValueError; None means the default, 64).  Blocks come from posix_memalign,
- * except zero-filled blocks of 128 KiB and more, which are fresh anonymous
- * mappings (aligned by mm_map_anonymous): the kernel hands those out as
- * lazy zero pages, as calloc does for large blocks, instead of a memset
- * over the whole block.  The cookie says which: NULL for the heap,
- * ALIGNED_MAPPED for a mapping.
+ * 1 GiB (anything else is ValueError; None means the default, 64).  Blocks
+ * come from posix_memalign, except zero-filled blocks of 128 KiB and more,
+ * which are fresh anonymous mappings (aligned by mm_map_anonymous): the
+ * kernel hands those out as lazy zero pages, as calloc does for large
+ * blocks, instead of a memset over the whole block.  With numa_node= every
+ * block is a mapping of its own, bound to the node (numa.c) before a byte
+ * of it is touched: heap pages are shared with other blocks, and may have
+ * been placed already.  The cookie says which: NULL for the heap,
+ * ALIGNED_MAPPED for a mapping.  hugepages= is allocator.c's (allocators.h);
+ * a block that will be advised starts on a huge-page boundary from
+ * MM_HUGEPAGE_SIZE on.
  *
  * Layer: allocators.  May call core/.
  */
@@ -54,7 +60,7 @@ static int parse_alignment(PyObject *value, size_t *alignment)
 static int aligned_parse_options(AllocatorObject *self, PyObject *options,
                                  mm_request *req)
 {
-    static const char *const known[] = {"alignment", NULL};
+    static const char *const known[] = {"alignment", "hugepages", "numa_node", NULL};
     PyObject *value;
     req->alignment = DEFAULT_ALIGNMENT;
     if (options == NULL) {
@@ -64,25 +70,55 @@ static int aligned_parse_options(AllocatorObject *self, PyObject *options,
         return -1;
     }
     mm_option_get(options, "alignment", &value);   /* None: the default */
-    return value == NULL ? 0 : parse_alignment(value, &req->alignment);
+    if (value != NULL && parse_alignment(value, &req->alignment) < 0) {
+        return -1;
+    }
+    return mm_option_hugepages(options, req) < 0 ? -1 : mm_numa_option(options, req);
+}
+
+/* The alignment the block is placed at: the request's, or a huge page's
+ * when allocator.c will advise huge pages on it (allocators.h). */
+static size_t placement(AllocatorObject *self, const mm_request *req,
+                        size_t size, int zero)
+{
+    if (size >= MM_HUGEPAGE_SIZE && req->alignment < MM_HUGEPAGE_SIZE &&
+        mm_wants_hugepages(self, req, size, zero)) {
+        return MM_HUGEPAGE_SIZE;
+    }
+    return req->alignment;
+}
+
+/* *ptr: a fresh mapping (NULL when there is no room), bound to the
+ * request's node if it names one; -1 with OSError when binding failed. */
+static int map_block(AllocatorObject *self, const mm_request *req,
+                     size_t size, size_t alignment, void **ptr)
+{
+    char *map = mm_map_anonymous(size, alignment, 0);
+    if (map != NULL && req->numa_node >= 0 &&
+        mm_numa_bind(self, map, mm_round_to_pages(size), req->numa_node) < 0) {
+        mm_unmap(map, size);
+        return -1;
+    }
+    *ptr = map;
+    return 0;
 }
 
 static int aligned_allocate(AllocatorObject *self, const mm_request *req,
                             size_t size, int zero, mm_raw *out)
 {
     void *ptr = NULL;
+    size_t alignment = placement(self, req, size, zero);
     out->cookie = NULL;
-    if (zero && size >= ZERO_MAP_THRESHOLD) {
-        ptr = mm_map_anonymous(size, req->alignment, 0);
+    if ((zero && size >= ZERO_MAP_THRESHOLD) || req->numa_node >= 0) {
+        if (map_block(self, req, size, alignment, &ptr) < 0) {
+            return -1;
+        }
         out->cookie = ALIGNED_MAPPED;
     }
     else {
-        /* posix_memalign wants a multiple of sizeof(void *); large blocks
-         * start on a huge-page boundary (allocators.h). */
-        size_t alignment = req->alignment < sizeof(void *) ? sizeof(void *)
-                                                           : req->alignment;
-        if (size >= MM_HUGEPAGE_THRESHOLD && alignment < MM_HUGEPAGE_SIZE) {
-            alignment = MM_HUGEPAGE_SIZE;
+        /* posix_memalign wants a multiple of sizeof(void *). */
+        if (alignment < sizeof(void *)) {
+            alignment = sizeof(void *);
         }
         if (posix_memalign(&ptr, alignment, size == 0 ? 1 : size) != 0) {
             ptr = NULL;

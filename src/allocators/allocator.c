@@ -10,11 +10,17 @@
  *
  *   kind        mm_parse_options          per-block cookie
  *   ----------  ---------------------  ------------------------------
- *   vtable      none (TypeError)       none     PyAlloc, CMalloc, capsules
- *   Aligned     alignment=             mmapped or not
+ *   vtable      PyAlloc, CMalloc:      none     PyAlloc, CMalloc, capsules
+ *               hugepages=; others
+ *               none (TypeError)
+ *   Aligned     alignment, hugepages,  mmapped or not
+ *               numa_node
  *   Mmap        hugepages, populate,   none
- *               shared
- *   SharedMem.  name=                  the name to unlink, the creator
+ *               shared, numa_node
+ *   SharedMem.  name, hugepages,       the name to unlink, the creator
+ *               numa_node
+ *   MappedFile  path, mode, offset,    the mapping (start, length)
+ *               hugepages, numa_node
  *   Python      anything (passed on)   the plug-in's handle
  *
  * What lives here and not in the kinds:
@@ -22,7 +28,9 @@
  *     for large blocks, never a second pass), any other byte is a memset;
  *   - releasing the GIL around large frees by thread-safe allocators and
  *     around large memsets (the block is not shared with anybody yet);
- *   - transparent huge pages for large non-zeroed heap blocks;
+ *   - transparent huge pages (hugepages=, allocators.h) for the blocks of
+ *     the MM_KIND_HUGEPAGES kinds (Mmap and MappedFile advise their own
+ *     mappings);
  *   - MEMMANAGER_DEBUG guard bytes around the blocks of guarded allocators
  *     (guards.c writes and checks them);
  *   - device allocators (cuda/allocators.c): their `prepare` hook runs
@@ -43,8 +51,6 @@
 /* Above this size the GIL is released around a fill and a free (a munmap
  * of touched pages); allocation itself is at most one quick mmap. */
 #define RELEASE_GIL_THRESHOLD ((size_t)1 << 20)
-
-#define HUGEPAGE_THRESHOLD MM_HUGEPAGE_THRESHOLD
 
 /* Keeps the rare paths out of the hot functions' instruction stream. */
 #if defined(__GNUC__)
@@ -108,8 +114,8 @@ static PyMemberDef allocator_members[] = {
 
 static PyGetSetDef allocator_getset[] = {
     {"kind", allocator_get_kind, NULL,
-     "What the allocator is: 'vtable', 'Aligned', 'Mmap', 'SharedMemory' "
-     "or 'python'.", NULL},
+     "What the allocator is: 'vtable', 'Aligned', 'Mmap', 'SharedMemory', "
+     "'MappedFile' or 'python'.", NULL},
     {NULL},
 };
 
@@ -158,6 +164,7 @@ AllocatorObject *mm_allocator_new(mm_state *st, const char *name,
     self->needs_gil = 0;
     self->consume_only = 0;
     self->advise_hugepages = 0;
+    self->auto_hugepages = (unsigned char)st->auto_hugepages;
     self->fills_itself = 0;
     self->guarded = 0;
     self->debug = (unsigned char)st->debug;
@@ -353,6 +360,21 @@ int mm_option_refuse_others(AllocatorObject *alloc, PyObject *options,
     return 0;
 }
 
+/* hugepages=: None (or absent) automatic, else its truth. */
+int mm_option_hugepages(PyObject *options, mm_request *req)
+{
+    PyObject *value;
+    mm_option_get(options, "hugepages", &value);
+    if (value != NULL) {
+        int truth = PyObject_IsTrue(value);
+        if (truth < 0) {
+            return -1;
+        }
+        req->hugepages = (signed char)truth;
+    }
+    return 0;
+}
+
 int mm_allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
                                 Py_ssize_t num_items, Py_ssize_t item_size,
                                 int init_byte, mm_request *req)
@@ -361,11 +383,16 @@ int mm_allocator_parse_any_options(AllocatorObject *alloc, PyObject *options,
     req->item_size = item_size;
     req->init_byte = init_byte;
     req->alignment = MM_DEFAULT_ALIGNMENT;
-    req->hugepages = -1;
+    req->hugepages = MM_HUGEPAGES_AUTO;
+    req->readonly = 0;
     req->populate = 0;
     req->shared = 0;
+    req->numa_node = -1;
     req->shm_name = NULL;
     req->options = NULL;
+    req->path = NULL;
+    req->file_mode = MM_FILE_READ_WRITE;
+    req->file_offset = 0;
     if (options != NULL && PyDict_GET_SIZE(options) == 0) {
         options = NULL;
     }
@@ -489,8 +516,9 @@ static MM_NOINLINE int alloc_block_general(AllocatorObject *alloc,
         zero = 1;
     }
     if (!alloc->fills_itself) {
-        /* Zeroed blocks are left to the kernel's lazy zero pages, untouched. */
-        if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
+        /* Automatically, zeroed blocks are left to the kernel's lazy zero
+         * pages, untouched. */
+        if (alloc->advise_hugepages && mm_wants_hugepages(alloc, req, size, zero)) {
             mm_advise_hugepages(ptr, size);
         }
         if (init_byte > 0 && fill_block(alloc, ptr, init_byte, size) < 0) {
@@ -524,7 +552,8 @@ int mm_allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
     if (ptr == NULL) {
         return raise_no_memory(alloc, size);
     }
-    if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
+    if (MM_UNLIKELY(req->hugepages > 0 || size >= MM_HUGEPAGE_THRESHOLD) &&
+        alloc->advise_hugepages && mm_wants_hugepages(alloc, req, size, zero)) {
         mm_advise_hugepages(ptr, size);
     }
     if (init_byte > 0) {
@@ -606,7 +635,7 @@ int mm_allocator_take_block(AllocatorObject *alloc, const mm_request *req,
         alloc->ops->allocate(alloc, req, size, zero, out) < 0) {
         return -1;
     }
-    if (!zero && size >= HUGEPAGE_THRESHOLD && alloc->advise_hugepages) {
+    if (alloc->advise_hugepages && mm_wants_hugepages(alloc, req, size, zero)) {
         mm_advise_hugepages(out->base, size);
     }
     mm_region_registry_account(alloc->stats_slot, size, 1);
@@ -664,9 +693,27 @@ static void vtable_release(AllocatorObject *self, char *base, size_t size,
     vt->free(vt->ctx, base, size);
 }
 
+/* The built-in heap allocators (MM_KIND_HUGEPAGES) take hugepages=; the
+ * others (Borrowed, C plug-ins, the CUDA ones) no option. */
+static int vtable_parse_options(AllocatorObject *self, PyObject *options,
+                                mm_request *req)
+{
+    static const char *const known[] = {"hugepages", NULL};
+    if (options == NULL) {
+        return 0;
+    }
+    if (!self->advise_hugepages) {
+        return mm_allocator_check_options(self, options);
+    }
+    if (mm_option_refuse_others(self, options, known) < 0) {
+        return -1;
+    }
+    return mm_option_hugepages(options, req);
+}
+
 const mm_allocator_ops mm_vtable_ops = {
     .kind = "vtable",
-    .parse_options = mm_allocator_refuse_options,
+    .parse_options = vtable_parse_options,
     .allocate = vtable_allocate,
     .release = vtable_release,
 };

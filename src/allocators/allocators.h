@@ -14,6 +14,9 @@
  *   mmap.c         Mmap (one anonymous mapping per buffer)
  *   shm.c          SharedMemory (POSIX shared memory, by name)
  *   shm_tracker.c  who unlinks SharedMemory names
+ *   mapped_file.c  MappedFile (a file mapped MAP_SHARED: path=, mode=)
+ *   numa.c         numa_node=: the node check and mbind, for the
+ *                  page-granular kinds
  *   python.c       the kind behind Python plug-ins (validated calls)
  *   plugin.c       register_allocator: C capsules and Python objects
  *
@@ -31,15 +34,23 @@
 
 #include <sys/types.h>
 
-/* From MM_HUGEPAGE_THRESHOLD on, blocks of the built-in heap allocators
- * are advised to use transparent huge pages: one fault per 2 MiB instead
- * of per 4 KiB, which is most of the cost of touching a fresh 64 MiB
- * block.  Such blocks also start on a huge-page boundary (PyAlloc, CMalloc
- * and Aligned see to it), or the kernel can only use huge pages for the
- * 2 MiB extents that happen to lie wholly inside the mapping malloc made
- * (docs/benchmarks.md has what that costs). */
+/* Huge pages (hugepages=True / False / None, the default: automatic).
+ * Automatically, from MM_HUGEPAGE_THRESHOLD on, the blocks of the heap
+ * allocators that are about to be written (not zero-filled ones, which
+ * stay the kernel's lazy zero pages) are advised to use transparent huge
+ * pages: one fault per 2 MiB instead of per 4 KiB, which is most of the
+ * cost of touching a fresh 64 MiB block.  hugepages=True advises every
+ * block, whatever its size; False never does; MEMMANAGER_HUGEPAGES=0 at
+ * import turns the automatic choice off (an explicit True still advises).
+ * Blocks of MM_HUGEPAGE_SIZE and more that may be advised start on a
+ * huge-page boundary, or the kernel can only use huge pages for the 2 MiB
+ * extents that happen to lie wholly inside the mapping malloc made
+ * (docs/benchmarks.md has what that costs): PyAlloc and CMalloc's malloc,
+ * whose free() knows only the size, lay out every block of that size so;
+ * Aligned those it will advise. */
 #define MM_HUGEPAGE_THRESHOLD ((size_t)4 << 20)
 #define MM_HUGEPAGE_SIZE ((size_t)2 << 20)
+#define MM_HUGEPAGES_AUTO (-1)
 
 /* What malloc guarantees: the alignment of a request that asks for none. */
 #define MM_DEFAULT_ALIGNMENT ((size_t)16)
@@ -68,12 +79,25 @@ typedef struct {
     Py_ssize_t item_size;
     int init_byte;         /* MM_INIT_UNINITIALISED or 0..255 */
     size_t alignment;      /* the block starts at a multiple of this */
-    int hugepages;         /* Mmap: -1 automatic, 0 never, 1 always */
+    /* Next to each other, so the inline default below is one store. */
+    signed char hugepages; /* MM_HUGEPAGES_AUTO, 0 never, 1 always */
+    unsigned char readonly; /* the memory may not be written (MappedFile "r") */
     int populate;          /* Mmap: pre-fault the pages */
     int shared;            /* Mmap: MAP_SHARED (survives fork) */
+    int numa_node;         /* page-granular kinds: the node to bind, or -1 */
     PyObject *shm_name;    /* SharedMemory: name= (borrowed), or NULL */
     PyObject *options;     /* Python plug-ins: the extra keywords (borrowed) */
+    PyObject *path;        /* MappedFile: path= (borrowed), or NULL */
+    int file_mode;         /* MappedFile: MM_FILE_* */
+    uint64_t file_offset;  /* MappedFile: offset= */
 } mm_request;
+
+/* MappedFile's mode=. */
+enum {
+    MM_FILE_READ_WRITE = 0,   /* "r+": an existing file, read-write */
+    MM_FILE_READ_ONLY,        /* "r": an existing file, read-only */
+    MM_FILE_CREATE,           /* "w+": created or truncated, read-write */
+};
 
 /* Memory as an allocator kind handed it over: where it starts and the
  * kind's per-block state (a SharedMemory name, a plug-in's handle). */
@@ -109,6 +133,9 @@ typedef struct {
                    PyObject *options, mm_raw *out);
     /* Optional: visit the Python objects a cookie holds (GC). */
     int (*visit_cookie)(void *cookie, visitproc visit, void *arg);
+    /* Optional: write the block's changes to where it lives (a file);
+     * with the GIL; 0, or -1 with OSError.  Buffer.flush() calls it. */
+    int (*flush)(AllocatorObject *self, char *base, size_t size, void *cookie);
 } mm_allocator_ops;
 
 struct AllocatorObject {
@@ -124,7 +151,10 @@ struct AllocatorObject {
     unsigned char uses_pymem;          /* PyMem_*: already traced by Python */
     unsigned char needs_gil;           /* never release the GIL around it */
     unsigned char consume_only;        /* cannot allocate (Borrowed) */
-    unsigned char advise_hugepages;    /* large blocks: madvise huge pages */
+    unsigned char advise_hugepages;    /* MM_KIND_HUGEPAGES: takes hugepages=,
+                                          allocator.c advises its blocks */
+    unsigned char auto_hugepages;      /* automatic advice on (not
+                                          MEMMANAGER_HUGEPAGES=0) */
     unsigned char fills_itself;        /* the kind writes the init byte */
     unsigned char guarded;             /* MEMMANAGER_DEBUG guard bytes */
     unsigned char debug;               /* MEMMANAGER_DEBUG was set */
@@ -158,12 +188,13 @@ int mm_builtin_kinds_register(mm_state *st);   /* builtin.c; sets the defaults *
 int mm_aligned_kind_register(mm_state *st);    /* aligned.c */
 int mm_mmap_kind_register(mm_state *st);       /* mmap.c */
 int mm_shm_kind_register(mm_state *st);        /* shm.c */
+int mm_mapped_file_kind_register(mm_state *st); /* mapped_file.c */
 
 /* What a kind's allocators are, for mm_allocator_register_kind. */
 enum {
     MM_KIND_USES_PYMEM = 1 << 0,   /* PyMem_*: traced by Python already; needs the GIL */
     MM_KIND_CONSUME_ONLY = 1 << 1, /* cannot allocate (Borrowed) */
-    MM_KIND_HUGEPAGES = 1 << 2,    /* large blocks: advise huge pages */
+    MM_KIND_HUGEPAGES = 1 << 2,    /* hugepages=; allocator.c advises */
     MM_KIND_GUARDED = 1 << 3,      /* MEMMANAGER_DEBUG: guard bytes */
 };
 int mm_allocator_register_kind(mm_state *st, const char *name,
@@ -205,6 +236,8 @@ static inline int mm_allocator_parse_options(AllocatorObject *alloc, PyObject *o
 {
     if (options == NULL && alloc->ops == &mm_vtable_ops) {
         req->alignment = MM_DEFAULT_ALIGNMENT;
+        req->hugepages = MM_HUGEPAGES_AUTO;   /* merged into one store */
+        req->readonly = 0;
         return 0;
     }
     return mm_allocator_parse_any_options(alloc, options, num_items, item_size,
@@ -221,6 +254,26 @@ int mm_allocator_visit_block(AllocatorObject *alloc, void *cookie,
 void mm_option_get(PyObject *options, const char *key, PyObject **value);
 int mm_option_refuse_others(AllocatorObject *alloc, PyObject *options,
                          const char *const *known);
+int mm_option_hugepages(PyObject *options, mm_request *req);
+/* Whether allocator.c, or a kind that advises itself, advises a block of
+ * size bytes (zero: zero-filled) under req's hugepages=. */
+static inline int mm_wants_hugepages(const AllocatorObject *alloc,
+                                     const mm_request *req, size_t size, int zero)
+{
+    if (req->hugepages != MM_HUGEPAGES_AUTO) {
+        return req->hugepages;
+    }
+    return !zero && size >= MM_HUGEPAGE_THRESHOLD && alloc->auto_hugepages;
+}
+
+/* numa.c: numa_node= (Linux), for Aligned, Mmap, SharedMemory and
+ * MappedFile.  mm_numa_option parses it into req->numa_node (-1 when
+ * absent) and refuses, before anything is allocated, a node this process
+ * cannot use (ValueError naming the nodes it can).  mm_numa_bind binds a
+ * fresh page-aligned mapping nothing has touched yet: 0, or -1 with
+ * OSError (the caller unmaps). */
+int mm_numa_option(PyObject *options, mm_request *req);
+int mm_numa_bind(AllocatorObject *alloc, void *base, size_t length, int node);
 
 /* allocator.c, for adaptors (adaptors/): a raw block of an upstream
  * allocator, without guard bytes or tracemalloc (the adaptor's own blocks

@@ -7,13 +7,18 @@
  * They are written against the same public MemManagerAllocator struct a
  * third-party allocator uses, so nothing distinguishes them later on.
  *
- * Blocks of MM_HUGEPAGE_THRESHOLD and more start on a huge-page boundary
- * (allocators.h says why).  CMalloc asks posix_memalign, whose blocks
+ * Blocks of MM_HUGEPAGE_SIZE and more start on a huge-page boundary
+ * (allocators.h says why; from that size on hugepages=True can use a huge
+ * page, automatically only from MM_HUGEPAGE_THRESHOLD).  The layout costs
+ * address space, not memory: the pages skipped are never touched.
+ * CMalloc asks posix_memalign, whose blocks
  * free() and realloc() accept, so C code may still free them.  PyMem has
  * no aligned call: PyAlloc takes MM_HUGEPAGE_SIZE more, starts the block
  * at the first boundary past one pointer, and keeps what PyMem returned
  * in that pointer, just below the block.  Which blocks are laid out so is
- * decided by size alone, which free() is given.
+ * decided by size alone, which free() is given.  CMalloc's zero-filled
+ * blocks come from calloc, which has no aligned form: of those only the
+ * 2 MiB extents wholly inside the block can be huge pages.
  *
  * Layer: allocators.  May call core/.
  */
@@ -31,7 +36,7 @@
 
 static int is_huge(size_t size)
 {
-    return size >= MM_HUGEPAGE_THRESHOLD;
+    return size >= MM_HUGEPAGE_SIZE;
 }
 
 /* The block inside raw (from PyMem, size + MM_HUGEPAGE_SIZE bytes). */

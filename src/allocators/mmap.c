@@ -3,14 +3,17 @@
  * (the mapping helpers are pages.c's).
  *
  *   Buffer(n, s, allocator="Mmap", hugepages=None, populate=False,
- *          shared=False)
+ *          shared=False, numa_node=None)
  *
  * Each buffer is one anonymous mapping of its own, rounded up to whole
  * pages, so every madvise touches this buffer's pages only:
  *   - hugepages: True advises transparent huge pages on the mapping, False
  *     never does; None (the default) advises them for blocks of 4 MiB and
  *     more that are about to be written (not for zero-fill, whose pages
- *     stay the kernel's lazy zero pages), as the heap allocators do;
+ *     stay the kernel's lazy zero pages), as the heap allocators do, unless
+ *     MEMMANAGER_HUGEPAGES=0 turned that off (allocators.h);
+ *   - numa_node: binds the mapping to that node (numa.c) before anything
+ *     touches it, populate included;
  *   - populate: pre-faults every page at allocation (after the huge-page
  *     advice, so the faults can be huge ones);
  *   - shared: MAP_SHARED instead of MAP_PRIVATE, so a child made by fork()
@@ -27,8 +30,6 @@
 #ifndef MAP_ANONYMOUS
 #define MAP_ANONYMOUS MAP_ANON
 #endif
-
-#define MMAP_HUGEPAGE_THRESHOLD ((size_t)4 << 20)
 
 /* ------------------------------------------------------------------ */
 /* The Mmap kind                                                       */
@@ -51,26 +52,20 @@ static int parse_bool_option(PyObject *options, const char *key, int *out)
 static int mmap_parse_options(AllocatorObject *self, PyObject *options,
                               mm_request *req)
 {
-    static const char *const known[] = {"hugepages", "populate", "shared", NULL};
+    static const char *const known[] = {"hugepages", "populate", "shared",
+                                        "numa_node", NULL};
     req->alignment = mm_page_size();
     if (options == NULL) {
         return 0;
     }
     if (mm_option_refuse_others(self, options, known) < 0 ||
-        parse_bool_option(options, "hugepages", &req->hugepages) < 0 ||
+        mm_option_hugepages(options, req) < 0 ||
         parse_bool_option(options, "populate", &req->populate) < 0 ||
-        parse_bool_option(options, "shared", &req->shared) < 0) {
+        parse_bool_option(options, "shared", &req->shared) < 0 ||
+        mm_numa_option(options, req) < 0) {
         return -1;
     }
     return 0;
-}
-
-static int wants_hugepages(const mm_request *req, size_t size)
-{
-    if (req->hugepages >= 0) {
-        return req->hugepages;
-    }
-    return req->init_byte != 0 && size >= MMAP_HUGEPAGE_THRESHOLD;
 }
 
 static int mmap_allocate(AllocatorObject *self, const mm_request *req,
@@ -82,7 +77,12 @@ static int mmap_allocate(AllocatorObject *self, const mm_request *req,
                      self->name, size);
         return -1;
     }
-    if (wants_hugepages(req, size)) {
+    if (req->numa_node >= 0 &&
+        mm_numa_bind(self, base, mm_round_to_pages(size), req->numa_node) < 0) {
+        mm_unmap(base, size);
+        return -1;
+    }
+    if (mm_wants_hugepages(self, req, size, req->init_byte == 0)) {
         mm_advise_hugepages(base, mm_round_to_pages(size));
     }
     if (req->populate) {

@@ -2,7 +2,8 @@
  * shm.c -- the SharedMemory allocator kind: POSIX shared memory
  * that another process can map by name.
  *
- *   buf = Buffer(n, s, allocator="SharedMemory", name=None)
+ *   buf = Buffer(n, s, allocator="SharedMemory", name=None, hugepages=None,
+ *                numa_node=None)
  *   buf.name                                  # generated when not given
  *   other = Buffer.attach(buf.name, n, s, readonly=False)  # any process
  *   other = Buffer.attach(buf.name)           # n from the object's size
@@ -11,7 +12,11 @@
  * FileExistsError), reserves its pages with posix_fallocate (tmpfs then
  * really holds them: a full /dev/shm is a MemoryError now, not a SIGBUS at
  * the first write of a page nothing backs; the pages are zeroed, so
- * init_value=0 costs nothing more) and maps it MAP_SHARED.  Who unlinks
+ * init_value=0 costs nothing more) and maps it MAP_SHARED.  With
+ * numa_node= the mapping is made first, while the object is still empty,
+ * and bound (numa.c): on tmpfs the binding is the object's own policy, so
+ * the pages posix_fallocate then reserves come from that node.
+ * hugepages= is allocator.c's advice on the mapping.  Who unlinks
  * the name is shm_tracker.c's business: the creator's buffer when it
  * dies, the atexit hook for buffers still alive at exit, the tracker
  * process when the creator is killed.  An attached buffer only unmaps; a
@@ -172,12 +177,14 @@ static void raise_for_name(const shm_cookie *cookie)
 static int shm_parse_options(AllocatorObject *self, PyObject *options,
                              mm_request *req)
 {
-    static const char *const known[] = {"name", NULL};
+    static const char *const known[] = {"name", "hugepages", "numa_node", NULL};
     req->alignment = mm_page_size();
     if (options == NULL) {
         return 0;
     }
-    if (mm_option_refuse_others(self, options, known) < 0) {
+    if (mm_option_refuse_others(self, options, known) < 0 ||
+        mm_option_hugepages(options, req) < 0 ||
+        mm_numa_option(options, req) < 0) {
         return -1;
     }
     mm_option_get(options, "name", &req->shm_name);   /* None: generated */
@@ -251,10 +258,38 @@ static int reserve_pages(int fd, size_t size)
     return 0;
 }
 
-static int shm_allocate(AllocatorObject *Py_UNUSED(self), const mm_request *req,
+/* Maps the new, empty object, binds the mapping to the request's node
+ * if it names one and reserves the pages; -1 with errno, or with OSError
+ * set (*raised) when the binding failed. */
+static char *map_new_object(AllocatorObject *self, const mm_request *req,
+                            int fd, size_t size, int *raised)
+{
+    size_t length = mm_round_to_pages(size);
+    *raised = 0;
+    if (check_room(fd, size) < 0) {
+        return MAP_FAILED;
+    }
+    char *map = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        return MAP_FAILED;
+    }
+    if (req->numa_node >= 0 && mm_numa_bind(self, map, length, req->numa_node) < 0) {
+        *raised = 1;
+    }
+    else if (reserve_pages(fd, size) == 0) {
+        return map;
+    }
+    int saved = errno;
+    munmap(map, length);
+    errno = saved;
+    return MAP_FAILED;
+}
+
+static int shm_allocate(AllocatorObject *self, const mm_request *req,
                         size_t size, int Py_UNUSED(zero), mm_raw *out)
 {
     shm_cookie *cookie = NULL;
+    int raised;
     if (mm_shm_tracker_ensure() < 0) {
         return -1;
     }
@@ -262,17 +297,15 @@ static int shm_allocate(AllocatorObject *Py_UNUSED(self), const mm_request *req,
     if (fd < 0) {
         return -1;
     }
-    char *map = MAP_FAILED;
-    if (check_room(fd, size) == 0 && reserve_pages(fd, size) == 0) {
-        map = mmap(NULL, mm_round_to_pages(size), PROT_READ | PROT_WRITE,
-                   MAP_SHARED, fd, 0);
-    }
+    char *map = map_new_object(self, req, fd, size, &raised);
     if (map == MAP_FAILED) {
         int saved = errno;
         close(fd);
         shm_unlink(cookie->posix_name);
         errno = saved;
-        raise_for_name(cookie);
+        if (!raised) {
+            raise_for_name(cookie);
+        }
         free(cookie);
         return -1;
     }

@@ -458,6 +458,7 @@ PyObject *mm_buffer_create(PyTypeObject *type, PyObject *const *args,
         goto error;
     }
     mm_buffer_adopt_block(self, alloc, &block);
+    self->readonly = req.readonly;   /* MappedFile mode="r" */
     if (register_owned_region(st, self) < 0 ||
         mm_buffer_finish_construction(st, self, a.death_stub, delayed_gc) < 0) {
         goto error;

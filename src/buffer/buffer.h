@@ -11,10 +11,11 @@
  *   views.c       the per-buffer store of named views, and its GC support
  *   attach.c      Buffer.attach and buf.name (SharedMemory)
  *   statistics.c  memmanager.statistics(): scoped allocation counters
+ *   flush.c       Buffer.flush() (MappedFile: msync)
  *
  * Within the layer: the inline checks below, args.c, delayed_gc.c,
- * views.c and statistics.c stand below buffer.c; access.c and attach.c
- * above it.
+ * views.c and statistics.c stand below buffer.c; access.c, attach.c and
+ * flush.c above it.
  * State a higher layer keeps per buffer hangs on a mm_buffer_attachment,
  * which frees itself, so this layer knows nothing of it.
  *
@@ -196,6 +197,9 @@ PyObject *mm_buffer_extract_region(PyObject *self, PyObject *const *args,
                                    Py_ssize_t nargs, PyObject *kwnames);
 PyObject *mm_buffer_region(PyObject *self, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames);
+
+/* flush.c */
+PyObject *mm_buffer_flush(PyObject *self, PyObject *unused);
 
 /* delayed_gc.c: the pinned table */
 int mm_delayed_gc_pin(mm_state *st, BufferObject *self);

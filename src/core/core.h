@@ -132,6 +132,7 @@ typedef struct {
     PyTypeObject *adaptor_types[MM_ADAPTOR_TYPE_COUNT];
     PyObject *LimitExceededError;
     int debug;                 /* MEMMANAGER_DEBUG was set at import */
+    int auto_hugepages;        /* MEMMANAGER_HUGEPAGES was not "0" at import */
     mm_interp *interp;         /* the interpreter this module instance is in */
 } mm_state;
 

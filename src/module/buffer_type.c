@@ -345,6 +345,11 @@ static PyMethodDef buffer_methods[] = {
     {"__deepcopy__", (PyCFunction)(void (*)(void))forward_deepcopy,
      METH_FASTCALL | METH_KEYWORDS,
      "__deepcopy__($self, memo)\n--\n\nA private copy, whatever the allocator."},
+    {"flush", mm_buffer_flush, METH_NOARGS,
+     "flush($self, /)\n--\n\nWrite the buffer's changes to its file and wait "
+     "for them (msync):\nMappedFile buffers.  Memory that is not file-backed "
+     "has nothing to flush:\nfor every other allocator this does nothing.  "
+     "ValueError once released."},
     {"release", mm_buffer_release_method, METH_NOARGS,
      "release($self, /)\n--\n\nRun the death stub and free the memory now. Idempotent."},
     {"__enter__", mm_buffer_enter, METH_NOARGS, "__enter__($self, /)\n--\n\n"},

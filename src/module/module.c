@@ -444,6 +444,7 @@ static int (*const allocator_kinds[])(mm_state *st) = {
     mm_aligned_kind_register,      /* Aligned */
     mm_mmap_kind_register,         /* Mmap */
     mm_shm_kind_register,          /* SharedMemory */
+    mm_mapped_file_kind_register,  /* MappedFile */
     mm_cuda_register_allocators,   /* CudaHost, CudaDevice, CudaManaged */
 };
 
@@ -462,6 +463,9 @@ static int module_exec(PyObject *module)
     mm_state *st = module_state(module);
     const char *debug = getenv("MEMMANAGER_DEBUG");
     st->debug = debug != NULL && debug[0] != '\0' && debug[0] != '0';
+    /* MEMMANAGER_HUGEPAGES=0: no automatic huge-page advice (allocators.h). */
+    const char *hugepages = getenv("MEMMANAGER_HUGEPAGES");
+    st->auto_hugepages = hugepages == NULL || hugepages[0] != '0';
     if (mm_region_registry_init() < 0) {
         PyErr_SetString(PyExc_RuntimeError, "cannot install the registry's fork handlers");
         return -1;
@@ -484,7 +488,8 @@ static int module_exec(PyObject *module)
     }
     if (PyModule_AddIntConstant(module, "TRACEMALLOC_DOMAIN",
                                 MEMMANAGER_TRACEMALLOC_DOMAIN) < 0 ||
-        PyModule_AddIntConstant(module, "DEBUG", st->debug) < 0) {
+        PyModule_AddIntConstant(module, "DEBUG", st->debug) < 0 ||
+        PyModule_AddIntConstant(module, "AUTO_HUGEPAGES", st->auto_hugepages) < 0) {
         return -1;
     }
     return 0;

@@ -157,6 +157,21 @@ def with_log(s: Any) -> None:
     s.log_path = _replay_log_path[0]
 
 
+def with_file_path(s: Any) -> None:
+    """A path for a MappedFile "w+" in a directory that goes at cleanup
+    (the TemporaryDirectory dies with `keep`; mappings outlive the file)."""
+    import os
+    import tempfile
+    s.directory = tempfile.TemporaryDirectory(prefix="mm_attack_")
+    s.keep.append(s.directory)
+    s.path = os.path.join(s.directory.name, "mapped.bin")
+
+
+def mapped_file_buffer(s: Any) -> None:
+    with_file_path(s)
+    s.buf = s.new(64, 1, allocator="MappedFile", path=s.path, mode="w+")
+
+
 def is_unpinned(s: Any, result: Any) -> None:
     if not s.buf.released:
         assert not s.buf.delayed_gc, "collect_delayed(buf) left the buffer pinned"
@@ -234,6 +249,12 @@ ENTRIES: List[Entry] = [
       K("hugepages", BOOL, False), K("populate", BOOL, True), K("shared", BOOL, True), variant="Mmap"),
     E("mm.Buffer", P("num_items", INT, 16), P("item_size", INT, 4), K("allocator", ALLOC, "SharedMemory"),
       K("name", STR, lambda s: "attack_%d" % id(s)), variant="SharedMemory"),
+    E("mm.Buffer", P("num_items", INT, 16), P("item_size", INT, 4), K("allocator", ALLOC, "Aligned"),
+      K("hugepages", BOOL, True), K("numa_node", INT, 0), variant="Aligned-numa"),
+    E("mm.Buffer", P("num_items", INT, 16), P("item_size", INT, 4), K("allocator", ALLOC, "MappedFile"),
+      K("path", STR, lambda s: s.path), K("mode", STR, "w+"), K("offset", INT, 3),
+      K("hugepages", BOOL, True), K("numa_node", INT, 0), K("init_value", INT, 0),
+      setup=with_file_path, variant="MappedFile"),
     E("mm.Buffer", P("num_items", INT, 16), P("item_size", INT, 2), K("allocator", ALLOC, "AttackPlug"),
       K("init_value", INT, 3), K("extra", ANY, 1), variant="plugin"),
     E("mm.Buffer", P("num_items", INT, 16), P("item_size", INT, 2), K("allocator", ALLOC, "CudaManaged"), K("init_value", INT, 0),
@@ -267,7 +288,9 @@ ENTRIES: List[Entry] = [
         "get_buffer", "get_buffer_size", "get_element_size", "get_num_of_elements", "address",
         "nbytes", "itemsize", "num_items", "identifier", "allocator", "readonly", "delayed_gc",
         "released", "exports", "name", "__len__", "__repr__", "__sizeof__", "__dlpack_device__",
-        "device_mappings", "view_names", "_view_names", "release", "__enter__", "__del__")],
+        "device_mappings", "view_names", "_view_names", "release", "__enter__", "__del__",
+        "flush")],
+    E("buf.flush", setup=mapped_file_buffer, variant="MappedFile"),
     E("buf.name", setup=lambda s: setattr(s, "buf", s.new(64, 1, allocator="SharedMemory")),
       variant="SharedMemory"),
     E("buf.extract_buffer_region", P("start", INT, 2), P("end", INT, 9)),
@@ -384,7 +407,7 @@ NOT_CALLED = {
     "mm.UnknownViewKindError", "mm.__version__", "mm.cuda",
     "mm.Statistics", "mm.AllocatorStatistics", "core.Statistics", "core.AllocatorStatistics",
     "cuda.DeviceUnavailableError", "cuda.DeviceView",
-    "core.Allocator", "core.Buffer", "core.DEBUG", "core.DeviceUnavailableError",
+    "core.Allocator", "core.Buffer", "core.DEBUG", "core.AUTO_HUGEPAGES", "core.DeviceUnavailableError",
     "core.DeviceView", "core.MemManagerError", "core.OverlapError", "core.TRACEMALLOC_DOMAIN",
     "core.UnknownAllocatorError",
     # the adaptor types: the same objects as mm.Limit, mm.Pool, mm.Log
