@@ -574,3 +574,41 @@ def test_cycles_keep_refcounts_and_descriptors(data_file):
     assert refs() == before
     assert open_fds() == fds
     assert data_file.read_bytes()[3] == 299 % 256
+
+
+# ---------------------------------------------------------------------------
+# A file a live buffer maps is never truncated by memmanager
+# ---------------------------------------------------------------------------
+
+def test_w_plus_on_a_mapped_file_is_refused(tmp_path):
+    path = tmp_path / "live.bin"
+    first = Buffer(3 * 4096, 1, allocator="MappedFile", path=str(path), mode="w+")
+    first[3 * 4096 - 1] = 9
+    with pytest.raises(ValueError, match="mapped by a live buffer"):
+        Buffer(16, 1, allocator="MappedFile", path=str(path), mode="w+")
+    assert path.stat().st_size == 3 * 4096          # not truncated
+    assert first[3 * 4096 - 1] == 9                 # still there, no SIGBUS
+    other = Buffer(4096, 1, allocator="MappedFile", path=str(path), mode="r+")
+    del first
+    with pytest.raises(ValueError, match="mapped by a live buffer"):
+        Buffer(16, 1, allocator="MappedFile", path=str(path), mode="w+")
+    del other
+    fresh = Buffer(16, 1, allocator="MappedFile", path=str(path), mode="w+")
+    assert path.stat().st_size == 16 and bytes(fresh[:]) == bytes(16)
+
+
+def test_w_plus_through_a_hard_link_is_refused(tmp_path):
+    path, link = tmp_path / "a.bin", tmp_path / "b.bin"
+    live = Buffer(8192, 1, allocator="MappedFile", path=str(path), mode="w+")
+    os.link(path, link)
+    with pytest.raises(ValueError, match="mapped by a live buffer"):
+        Buffer(16, 1, allocator="MappedFile", path=str(link), mode="w+")
+    live[8191] = 1
+    del live
+
+
+def test_w_plus_keeps_no_old_bytes(tmp_path):
+    path = tmp_path / "old.bin"
+    path.write_bytes(b"\xff" * 100)
+    buf = Buffer(50, 1, allocator="MappedFile", path=str(path), mode="w+")
+    assert bytes(buf[:]) == bytes(50)

@@ -39,9 +39,14 @@
  * process's own policy.  Guard bytes (MEMMANAGER_DEBUG) never apply: they
  * would shift the file's bytes.
  *
- * Inherent: another process, or another "w+" buffer on the same path,
- * may truncate the file while it is mapped; touching a page past the new
- * end is then a SIGBUS, which no library can turn into an exception.
+ * A file this process has mapped through MappedFile is never truncated
+ * by it: a "w+" buffer on a file that a live buffer maps is ValueError
+ * (the live mappings are counted per file, by device and inode, in a
+ * table under its own lock, taken from the open to the mmap).  Were it
+ * truncated, touching the old buffer past the new end would be a SIGBUS.
+ * Inherent: another process, or Python's own open(path, "w"), may still
+ * truncate a mapped file, as with the mmap module and numpy.memmap; that
+ * SIGBUS no library can turn into an exception.
  *
  * Layer: allocators.  May call core/.
  */
@@ -49,6 +54,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -62,11 +68,83 @@
 /* From this size on, msync runs without the GIL (as big frees do). */
 #define SYNC_WITHOUT_GIL ((size_t)1 << 20)
 
-/* Per-block state: the mapping, which starts at or below the block. */
+/* Per-block state: the mapping, which starts at or below the block, and
+ * the file it maps. */
 typedef struct {
     char *map;
     size_t length;
+    dev_t device;
+    ino_t inode;
 } mapped_cookie;
+
+/* ------------------------------------------------------------------ */
+/* The files mapped now                                                */
+/* ------------------------------------------------------------------ */
+
+/* One entry per file with live mappings: few files, so a short array. */
+typedef struct {
+    dev_t device;
+    ino_t inode;
+    size_t mappings;
+} mapped_entry;
+
+static pthread_mutex_t mapped_lock = PTHREAD_MUTEX_INITIALIZER;
+static mapped_entry *mapped_files = NULL;
+static size_t mapped_count = 0, mapped_capacity = 0;
+
+/* The entry of the file, or NULL; under mapped_lock. */
+static mapped_entry *find_mapped(dev_t device, ino_t inode)
+{
+    for (size_t i = 0; i < mapped_count; i++) {
+        if (mapped_files[i].device == device && mapped_files[i].inode == inode) {
+            return &mapped_files[i];
+        }
+    }
+    return NULL;
+}
+
+/* One more mapping of the file; -1 when out of memory.  Under the lock. */
+static int count_mapping(dev_t device, ino_t inode)
+{
+    mapped_entry *entry = find_mapped(device, inode);
+    if (entry == NULL) {
+        if (mapped_count == mapped_capacity) {
+            size_t capacity = mapped_capacity < 8 ? 8 : mapped_capacity * 2;
+            mapped_entry *grown = realloc(mapped_files, capacity * sizeof(*grown));
+            if (grown == NULL) {
+                return -1;
+            }
+            mapped_files = grown;
+            mapped_capacity = capacity;
+        }
+        entry = &mapped_files[mapped_count++];
+        entry->device = device;
+        entry->inode = inode;
+        entry->mappings = 0;
+    }
+    entry->mappings++;
+    return 0;
+}
+
+/* A child of fork() must not inherit the lock taken by another thread. */
+static void lock_before_fork(void) { pthread_mutex_lock(&mapped_lock); }
+static void unlock_after_fork(void) { pthread_mutex_unlock(&mapped_lock); }
+static pthread_once_t fork_handlers_once = PTHREAD_ONCE_INIT;
+static void install_fork_handlers(void)
+{
+    (void)pthread_atfork(lock_before_fork, unlock_after_fork, unlock_after_fork);
+}
+
+/* Any thread, no Python. */
+static void forget_mapping(dev_t device, ino_t inode)
+{
+    pthread_mutex_lock(&mapped_lock);
+    mapped_entry *entry = find_mapped(device, inode);
+    if (entry != NULL && --entry->mappings == 0) {
+        *entry = mapped_files[--mapped_count];
+    }
+    pthread_mutex_unlock(&mapped_lock);
+}
 
 /* ------------------------------------------------------------------ */
 /* Options                                                             */
@@ -189,11 +267,14 @@ enum {
     MAP_NOT_REGULAR,    /* not a regular file */
     MAP_TOO_SHORT,      /* "r+"/"r": the file holds fewer bytes */
     MAP_NO_ROOM,        /* mmap: ENOMEM */
+    MAP_IN_USE,         /* "w+": a live buffer maps the file */
 };
 
 typedef struct {
     int fd;
     off_t file_size;    /* the file's size as found */
+    dev_t device;
+    ino_t inode;
 } opened_file;
 
 /* Opens the file and checks it; no Python (runs without the GIL). */
@@ -203,7 +284,7 @@ static int open_file(const char *path, const mm_request *req, uint64_t end,
     static const int flags[] = {
         [MM_FILE_READ_WRITE] = O_RDWR,
         [MM_FILE_READ_ONLY] = O_RDONLY,
-        [MM_FILE_CREATE] = O_RDWR | O_CREAT | O_TRUNC,
+        [MM_FILE_CREATE] = O_RDWR | O_CREAT,   /* truncated once checked */
     };
     struct stat info;
     /* O_NONBLOCK: opening a FIFO must not wait for a writer. */
@@ -223,8 +304,13 @@ static int open_file(const char *path, const mm_request *req, uint64_t end,
         return MAP_NOT_REGULAR;
     }
     file->file_size = info.st_size;
+    file->device = info.st_dev;
+    file->inode = info.st_ino;
     if (req->file_mode == MM_FILE_CREATE) {
-        if (ftruncate(file->fd, (off_t)end) != 0) {
+        if (find_mapped(info.st_dev, info.st_ino) != NULL) {
+            return MAP_IN_USE;
+        }
+        if (ftruncate(file->fd, 0) != 0 || ftruncate(file->fd, (off_t)end) != 0) {
             return MAP_ERRNO;
         }
         file->file_size = (off_t)end;
@@ -240,10 +326,11 @@ static int open_file(const char *path, const mm_request *req, uint64_t end,
 static int map_file(const char *path, const mm_request *req, size_t size,
                     mapped_cookie *cookie, off_t *file_size, int *error)
 {
-    opened_file file = {-1, 0};
+    opened_file file = {-1, 0, 0, 0};
     size_t page = mm_page_size();
     uint64_t start = req->file_offset & ~(uint64_t)(page - 1);
     size_t delta = (size_t)(req->file_offset - start);
+    pthread_mutex_lock(&mapped_lock);   /* from the check to the count */
     int rc = open_file(path, req, req->file_offset + size, &file);
     *file_size = file.file_size;
     if (rc == MAP_OK) {
@@ -255,7 +342,14 @@ static int map_file(const char *path, const mm_request *req, size_t size,
         if (cookie->map == MAP_FAILED) {
             rc = (cookie->length == 0 || errno == ENOMEM) ? MAP_NO_ROOM : MAP_ERRNO;
         }
+        else if (count_mapping(file.device, file.inode) < 0) {
+            munmap(cookie->map, cookie->length);
+            rc = MAP_NO_ROOM;
+        }
+        cookie->device = file.device;
+        cookie->inode = file.inode;
     }
+    pthread_mutex_unlock(&mapped_lock);
     *error = errno;
     if (file.fd >= 0) {
         close(file.fd);
@@ -276,6 +370,12 @@ static void raise_map_error(AllocatorObject *self, int rc, int error, PyObject *
                      "file %R holds %lld bytes; offset + nbytes = %llu are needed "
                      "(mode 'r+' and 'r' never grow a file; 'w+' makes one)",
                      path, (long long)file_size, (unsigned long long)end);
+        break;
+    case MAP_IN_USE:
+        PyErr_Format(PyExc_ValueError,
+                     "file %R is mapped by a live buffer: mode 'w+' would truncate "
+                     "it under that buffer (use mode 'r+', or release it first)",
+                     path);
         break;
     case MAP_NO_ROOM:
         PyErr_Format(PyExc_MemoryError, "Allocator %U could not map %zu bytes of %R",
@@ -318,6 +418,7 @@ static int mapped_allocate(AllocatorObject *self, const mm_request *req,
     if (req->numa_node >= 0 &&
         mm_numa_bind(self, cookie->map, cookie->length, req->numa_node) < 0) {
         munmap(cookie->map, cookie->length);
+        forget_mapping(cookie->device, cookie->inode);
         free(cookie);
         return -1;
     }
@@ -368,6 +469,7 @@ static void mapped_release(AllocatorObject *Py_UNUSED(self), char *Py_UNUSED(bas
     mapped_cookie *cookie = cookie_ptr;
     (void)sync_mapping(cookie);
     munmap(cookie->map, cookie->length);
+    forget_mapping(cookie->device, cookie->inode);
     free(cookie);
 }
 
@@ -383,5 +485,6 @@ static const mm_allocator_ops mm_mapped_file_ops = {
  * huge pages (the page cache decides): the kind advises itself. */
 int mm_mapped_file_kind_register(mm_state *st)
 {
+    pthread_once(&fork_handlers_once, install_fork_handlers);
     return mm_allocator_register_kind(st, "MappedFile", &mm_mapped_file_ops, NULL, 0);
 }

@@ -15,7 +15,8 @@ PyObject *mm_buffer_flush(PyObject *op, PyObject *Py_UNUSED(unused))
     if (mm_buffer_check_live(self) < 0) {
         return NULL;
     }
-    AllocatorObject *alloc = self->allocator;
+    /* Through a Limit or a Log the block is the upstream's own. */
+    AllocatorObject *alloc = mm_allocator_block_owner(self->allocator);
     if (!self->owns_memory || alloc->ops->flush == NULL) {
         Py_RETURN_NONE;
     }
