@@ -814,15 +814,14 @@ static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                      "(%zd given)", nargs);
         return NULL;
     }
-    PyObject *positional = nargs == 1 ? PyTuple_GET_ITEM(args, 0) : NULL;
-    own[0] = positional;
-    if (mm_adaptor_split_keywords(kwargs, names, own, &rest) < 0) {
-        return NULL;
-    }
-    if (positional != NULL && own[0] != positional) {
+    if (nargs == 1 && kwargs != NULL && PyDict_GetItemString(kwargs, "upstream") != NULL) {
         PyErr_SetString(PyExc_TypeError,
                         "Pool() got multiple values for argument 'upstream'");
-        goto error;
+        return NULL;
+    }
+    own[0] = nargs == 1 ? PyTuple_GET_ITEM(args, 0) : NULL;
+    if (mm_adaptor_split_keywords(kwargs, names, own, &rest) < 0) {
+        return NULL;
     }
     if (own[0] == NULL) {
         PyErr_SetString(PyExc_TypeError, "Pool() missing required argument 'upstream'");
