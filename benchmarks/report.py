@@ -51,6 +51,12 @@ TARGETS = [
            "ctypes from_address", 1.0),
     Target("create + destroy with 10^6 live buffers", "registry scaling", "10^6 live",
            "1e3 live", 1.5),
+    Target("create + destroy 64 B from a Pool over PyAlloc", "pool create+destroy 64B",
+           "Pool(PyAlloc)", "bytearray", 1.0),
+    Target("create + destroy 4 KiB from a Pool over Mmap", "pool create+destroy 4KiB",
+           "Pool(Mmap)", "numpy.empty", 1.0),
+    Target("create + destroy 64 MiB from a warm Pool", "pool create+destroy 64MiB",
+           "Pool(Mmap) warm", "pyarrow.allocate_buffer", 1.0),
     # The suite's own bars.
     Target("64 MiB zero-filled, every allocator", "zero-filled 64MiB", None,
            "numpy.zeros", 1.1, "bar"),
@@ -64,16 +70,12 @@ TARGETS = [
            "numpy.frombuffer", 1.0, "bar"),
     Target("consume of a buffer object", "wrap a buffer object", None,
            "cffi ffi.from_buffer", 1.5, "bar"),
+    Target("create + destroy from a Pool with 10^6 live blocks", "pool scaling",
+           "Pool, 10^6 live", "Pool, 1e3 live", 1.5, "bar"),
 ]
 
 # The design's targets for what is not built yet: listed, not measured.
 PENDING = [
-    ("create + destroy 64 B from a Pool over PyAlloc", "bytearray(64)", "<= 1.0x",
-     "resource adaptors"),
-    ("create + destroy 4 KiB from a Pool over Mmap", 'numpy.empty(4096, "u1")', "<= 1.0x",
-     "resource adaptors"),
-    ("create + destroy 64 MiB from a warm Pool", "pyarrow.allocate_buffer (jemalloc)",
-     "<= 1.0x", "resource adaptors"),
     ("replay of a 10^6-event log through a Pool", "the same through CMalloc", "<= 0.5x",
      "resource adaptors, replay"),
     ("numpy.empty(64) / numpy.zeros(64 MiB) under a memmanager allocator",

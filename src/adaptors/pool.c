@@ -135,8 +135,16 @@ static PoolObject *pool_of(AllocatorObject *alloc)
 /* Lock                                                                */
 /* ------------------------------------------------------------------ */
 
-static inline void pool_lock(PoolObject *self)
+/* Taken only when the region registry takes its lock (core/registry.c):
+ * until something has said it will come without the GIL, every caller
+ * holds it and no critical section here lets it go, so the GIL alone
+ * keeps them apart.  The flag only goes from 0 to 1, under the GIL, so
+ * no caller is inside then.  Each section decides once: 1 when locked. */
+static inline int pool_lock(PoolObject *self)
 {
+    if (!mm_region_registry_locking()) {
+        return 0;
+    }
     unsigned spins = 0;
     while (__atomic_exchange_n(&self->lock, 1, __ATOMIC_ACQUIRE) != 0) {
         while (__atomic_load_n(&self->lock, __ATOMIC_RELAXED) != 0) {
@@ -145,11 +153,14 @@ static inline void pool_lock(PoolObject *self)
             }
         }
     }
+    return 1;
 }
 
-static inline void pool_unlock(PoolObject *self)
+static inline void pool_unlock(PoolObject *self, int locked)
 {
-    __atomic_store_n(&self->lock, 0, __ATOMIC_RELEASE);
+    if (locked) {
+        __atomic_store_n(&self->lock, 0, __ATOMIC_RELEASE);
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -556,30 +567,30 @@ static int take_chunk(PoolObject *self, size_t size)
     chunk->base = raw.base;
     chunk->size = size;
     chunk->cookie = raw.cookie;
-    pool_lock(self);
+    int locked = pool_lock(self);
     self->held += size;
     link_chunk(self, chunk, seg);
-    pool_unlock(self);
+    pool_unlock(self, locked);
     return 0;
 }
 
 /* One more chunk, big enough for need bytes. */
 static int grow(AllocatorObject *alloc, PoolObject *self, size_t need, size_t asked)
 {
-    pool_lock(self);
+    int locked = pool_lock(self);
     size_t size = chunk_size_for(self, need);
     size_t held = self->held + self->reserved;
     if (size > 0) {
         self->reserved += size;
     }
-    pool_unlock(self);
+    pool_unlock(self, locked);
     if (size == 0) {
         return raise_exhausted(alloc, self, asked, held);
     }
     int rc = take_chunk(self, size);
-    pool_lock(self);
+    locked = pool_lock(self);
     self->reserved -= size;
-    pool_unlock(self);
+    pool_unlock(self, locked);
     return rc;
 }
 
@@ -621,14 +632,14 @@ static void give_back_chunks(PoolObject *self, pool_chunk *idle)
 static size_t release_free(PoolObject *self)
 {
     pool_chunk *idle = NULL;
-    pool_lock(self);
+    int locked = pool_lock(self);
     for (int i = 0; i < self->nclasses; i++) {
         release_idle_slabs(self, &self->classes[i]);
     }
     size_t bytes = detach_idle_chunks(self, &idle);
     pool_seg *spare = self->spare_segs;
     self->spare_segs = NULL;
-    pool_unlock(self);
+    pool_unlock(self, locked);
     while (spare != NULL) {
         pool_seg *next = spare->next;
         PyMem_RawFree(spare);
@@ -675,22 +686,24 @@ static int zero_block(AllocatorObject *alloc, char *ptr, size_t size)
 
 static void pool_release(AllocatorObject *alloc, char *base, size_t size, void *cookie);
 
-static int pool_allocate(AllocatorObject *alloc, const mm_request *Py_UNUSED(req),
-                         size_t size, int zero, mm_raw *out)
+#if defined(__GNUC__)
+#define MM_POOL_NOINLINE __attribute__((noinline))
+#else
+#define MM_POOL_NOINLINE
+#endif
+
+/* Any block: from a class (a new slab if need be) or a segment, growing
+ * the pool until it fits. */
+static MM_POOL_NOINLINE int allocate_general(AllocatorObject *alloc, PoolObject *self,
+                                            size_t size, size_t n, int cls,
+                                            int zero, mm_raw *out)
 {
-    PoolObject *self = pool_of(alloc);
-    size_t alignment = self->alignment;
-    if (size > SIZE_MAX - GROWTH_ROUND - alignment) {
-        return raise_exhausted(alloc, self, size, self->held);
-    }
-    size_t n = round_up(size == 0 ? 1 : size, alignment);
-    int cls = n <= SMALL_MAX ? class_of_units(n >> self->align_shift) : -1;
     char *addr = NULL;
     void *cookie = NULL;
     for (;;) {
         int rc;
         size_t need;
-        pool_lock(self);
+        int locked = pool_lock(self);
         if (cls >= 0) {
             rc = small_take(self, cls, &addr, &cookie);
             need = slab_bytes(&self->classes[cls]);
@@ -707,10 +720,10 @@ static int pool_allocate(AllocatorObject *alloc, const mm_request *Py_UNUSED(req
         if (rc == TAKEN) {
             self->used += size;
             self->live_blocks++;
-            pool_unlock(self);
+            pool_unlock(self, locked);
             break;
         }
-        pool_unlock(self);
+        pool_unlock(self, locked);
         if (rc == NO_RECORD) {
             PyErr_NoMemory();
             return -1;
@@ -728,10 +741,39 @@ static int pool_allocate(AllocatorObject *alloc, const mm_request *Py_UNUSED(req
     return 0;
 }
 
+/* The hot path: a small block, not zeroed, from its class's stack. */
+static int pool_allocate(AllocatorObject *alloc, const mm_request *Py_UNUSED(req),
+                         size_t size, int zero, mm_raw *out)
+{
+    PoolObject *self = pool_of(alloc);
+    size_t alignment = self->alignment;
+    if (size > SIZE_MAX - GROWTH_ROUND - alignment) {
+        return raise_exhausted(alloc, self, size, self->held);
+    }
+    size_t n = round_up(size == 0 ? 1 : size, alignment);
+    int cls = n <= SMALL_MAX ? class_of_units(n >> self->align_shift) : -1;
+    if (cls >= 0 && !zero) {
+        int locked = pool_lock(self);
+        pool_class *c = &self->classes[cls];
+        if (c->count > 0) {
+            pool_free_block *top = &c->stack[--c->count];
+            top->slab->live++;
+            self->used += size;
+            self->live_blocks++;
+            out->base = top->addr;
+            out->cookie = (void *)((uintptr_t)top->slab | SMALL_TAG);
+            pool_unlock(self, locked);
+            return 0;
+        }
+        pool_unlock(self, locked);
+    }
+    return allocate_general(alloc, self, size, n, cls, zero, out);
+}
+
 static void pool_release(AllocatorObject *alloc, char *base, size_t size, void *cookie)
 {
     PoolObject *self = pool_of(alloc);
-    pool_lock(self);
+    int locked = pool_lock(self);
     if ((uintptr_t)cookie & SMALL_TAG) {
         small_give(self, (pool_slab *)((uintptr_t)cookie & ~SMALL_TAG), base);
     }
@@ -740,7 +782,7 @@ static void pool_release(AllocatorObject *alloc, char *base, size_t size, void *
     }
     self->used -= size;
     self->live_blocks--;
-    pool_unlock(self);
+    pool_unlock(self, locked);
 }
 
 static const mm_allocator_ops pool_ops = {
@@ -922,9 +964,9 @@ static void pool_dealloc(PyObject *op)
 static PyObject *pool_repr(PyObject *op)
 {
     PoolObject *self = (PoolObject *)op;
-    pool_lock(self);
+    int locked = pool_lock(self);
     size_t used = self->used, held = self->held, live = self->live_blocks;
-    pool_unlock(self);
+    pool_unlock(self, locked);
     if (self->has_maximum) {
         return PyUnicode_FromFormat(
             "<memmanager.Pool over %R: %zu bytes in %zu blocks, %zu held of %zu>",
@@ -942,9 +984,9 @@ static PyObject *pool_release_free(PyObject *op, PyObject *Py_UNUSED(ignored))
 
 static size_t locked_read(PoolObject *self, const size_t *field)
 {
-    pool_lock(self);
+    int locked = pool_lock(self);
     size_t value = *field;
-    pool_unlock(self);
+    pool_unlock(self, locked);
     return value;
 }
 
