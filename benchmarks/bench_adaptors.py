@@ -28,20 +28,23 @@ def pool_over(upstream, **options):
     return name
 
 
-POOL_PYALLOC = pool_over("PyAlloc")
-POOL_MMAP = pool_over("Mmap")
-POOL_LARGE = pool_over("Mmap")
-SCALING_POOL = pool_over("PyAlloc")
-
-# Warm: each pool has served its size once, so the rows time reuse.
-for _name, _size in ((POOL_PYALLOC, 64), (POOL_MMAP, 4096), (POOL_LARGE, 64 << 20)):
-    Buffer(_size, 1, allocator=_name).release()
+@pytest.fixture(scope="module")
+def pools():
+    """The pools, registered when this module runs, not when it is
+    collected: the other modules list the registered allocators then, and
+    a pool there would be a row of every allocator group.  Each pool has
+    served its size once, so the rows time reuse."""
+    names = {"64": pool_over("PyAlloc"), "4k": pool_over("Mmap"),
+             "64m": pool_over("Mmap"), "scaling": pool_over("PyAlloc")}
+    for key, size in (("64", 64), ("4k", 4096), ("64m", 64 << 20)):
+        Buffer(size, 1, allocator=names[key]).release()
+    return names
 
 
 @pytest.mark.hotpath
-def test_pool_64(benchmark):
+def test_pool_64(benchmark, pools):
     mark(benchmark, "pool create+destroy 64B", "memmanager:Pool(PyAlloc)")
-    benchmark(Buffer, 64, 1, allocator=POOL_PYALLOC)
+    benchmark(Buffer, 64, 1, allocator=pools["64"])
 
 
 def test_pyalloc_64(benchmark):
@@ -56,9 +59,9 @@ def test_bytearray_64(benchmark):
 
 
 @pytest.mark.hotpath
-def test_pool_4k(benchmark):
+def test_pool_4k(benchmark, pools):
     mark(benchmark, "pool create+destroy 4KiB", "memmanager:Pool(Mmap)")
-    benchmark(Buffer, 4096, 1, allocator=POOL_MMAP)
+    benchmark(Buffer, 4096, 1, allocator=pools["4k"])
 
 
 @pytest.mark.hotpath
@@ -69,9 +72,9 @@ def test_numpy_4k(benchmark):
 
 
 @pytest.mark.hotpath
-def test_pool_64m(benchmark):
+def test_pool_64m(benchmark, pools):
     mark(benchmark, "pool create+destroy 64MiB", "memmanager:Pool(Mmap) warm")
-    benchmark(Buffer, 64 << 20, 1, allocator=POOL_LARGE)
+    benchmark(Buffer, 64 << 20, 1, allocator=pools["64m"])
 
 
 @pytest.mark.hotpath
@@ -86,22 +89,23 @@ LIVE = {"1e3": 10**3, "1e4": 10**4, "1e5": 10**5, "1e6": 10**6}
 
 @pytest.fixture(scope="module",
                 params=[pytest.param(n, marks=hot(n in ("1e3", "1e6"))) for n in LIVE])
-def live_blocks(request):
+def live_blocks(request, pools):
     gc.collect()
     gc.disable()          # no collections while the million objects are made
     try:
-        keep = [Buffer(64, 1, allocator=SCALING_POOL) for _ in range(LIVE[request.param])]
+        keep = [Buffer(64, 1, allocator=pools["scaling"])
+                for _ in range(LIVE[request.param])]
     finally:
         gc.enable()
     gc.freeze()
-    yield request.param
+    yield request.param, pools["scaling"]
     gc.unfreeze()
     del keep
     gc.collect()
 
 
 def test_pool_with_live(benchmark, live_blocks):
-    subject = ("memmanager:Pool, 10^6 live" if live_blocks == "1e6"
-               else f"Pool, {live_blocks} live")
+    live, name = live_blocks
+    subject = "memmanager:Pool, 10^6 live" if live == "1e6" else f"Pool, {live} live"
     mark(benchmark, "pool scaling", subject)
-    benchmark(Buffer, 64, 1, allocator=SCALING_POOL)
+    benchmark(Buffer, 64, 1, allocator=name)
