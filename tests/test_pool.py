@@ -24,10 +24,25 @@ def fresh(prefix="Pool"):
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
+POOLS = []
+
+
 def register(adaptor, prefix="Pool"):
     name = fresh(prefix)
     memmanager.register_allocator(name, adaptor)
+    if isinstance(adaptor, memmanager.Pool):
+        POOLS.append(adaptor)
     return name
+
+
+@pytest.fixture(autouse=True)
+def idle_chunks_back():
+    """Registered pools live on: after each test, what they hold idle goes
+    back upstream, so that other tests' stats() see none of it."""
+    yield
+    gc.collect()
+    while POOLS:
+        POOLS.pop().release_free()
 
 
 def live_bytes(name):
@@ -181,7 +196,8 @@ def test_release_free_keeps_slabs_in_use():
 
 def test_dealloc_gives_everything_back(private_upstream):
     pool = memmanager.Pool(private_upstream, initial_size=2 * MiB)
-    name = register(pool)
+    name = fresh()
+    memmanager.register_allocator(name, pool)   # not kept in POOLS
     for size in (64, 5000, 3 * MiB):
         Buffer(size, 1, allocator=name)
     assert live_bytes(private_upstream) > 0
