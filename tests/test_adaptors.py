@@ -94,13 +94,15 @@ def test_limit_shows_in_stats_with_its_upstream():
     limit = Limit("CMalloc", 1 << 20)
     name = register(limit)
     buf = Buffer(4096, 1, allocator=name)
-    assert memmanager.stats()[name]["live_bytes"] == 4096
-    assert counters("CMalloc")["live_bytes"] == upstream_before["live_bytes"] + 4096
-    # The total counts the buffer once, not once per level.
+    entry = memmanager.stats()[name]
+    assert entry["live_bytes"] == 4096 and entry["live_buffers"] == 1
+    assert (entry["upstream_blocks"], entry["upstream_bytes"]) == (1, 4096)
+    # CMalloc counts its own buffers; the total counts each buffer once.
+    assert counters("CMalloc")["live_bytes"] == upstream_before["live_bytes"]
     total = memmanager.stats()["total"]
     del buf
     assert memmanager.stats()["total"]["live_bytes"] == total["live_bytes"] - 4096
-    assert counters("CMalloc")["live_bytes"] == upstream_before["live_bytes"]
+    assert memmanager.stats()[name]["upstream_bytes"] == 0
     rows = [row for row in memmanager.live_buffers() if row.allocator == name]
     assert rows == []
 

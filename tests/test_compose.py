@@ -47,6 +47,11 @@ def live(name):
     return memmanager.stats().get(name, {}).get("live_bytes", 0)
 
 
+def held(name):
+    """What the adaptor registered as name holds from its upstream."""
+    return memmanager.stats().get(name, {}).get("upstream_bytes", 0)
+
+
 def release_pools(adaptors):
     for adaptor in adaptors:
         if isinstance(adaptor, Pool):
@@ -64,8 +69,9 @@ def exercise(names, adaptors, leaf, host=True):
     leaf_before = live(leaf)
     buffers = [Buffer(size, 1, allocator=outer, init_value=size % 251) for size in SIZES]
     assert live(outer) == sum(SIZES)
-    for name in names[1:]:          # the chunks or blocks each level holds
-        assert live(name) >= sum(SIZES)
+    for name in names:              # the chunks or blocks each level holds
+        assert held(name) >= sum(SIZES)
+    assert live(leaf) == leaf_before    # the leaf counts its own buffers only
     if host:
         for buf, size in zip(buffers, SIZES):
             assert buf[0] == size % 251 and buf[size - 1] == size % 251
@@ -73,10 +79,13 @@ def exercise(names, adaptors, leaf, host=True):
             assert buf[size // 2] == 7
     rows = {row.address: row.allocator for row in memmanager.live_buffers()}
     assert all(rows[buf.address] == outer for buf in buffers)
+    if host:
+        del buf
     del buffers
     gc.collect()
     assert live(outer) == 0
     release_pools(adaptors)
+    assert [held(name) for name in names] == [0] * len(names)
     assert live(leaf) == leaf_before
 
 
@@ -127,8 +136,14 @@ def test_over_mapped_files(chain, tmp_path):
 
 
 def test_pool_over_mapped_file_is_refused(tmp_path):
-    with pytest.raises((TypeError, ValueError)):
-        Pool("MappedFile", path=str(tmp_path / "x.bin"), mode="w+")
+    path = tmp_path / "x.bin"
+    with pytest.raises(ValueError, match="maps a file"):
+        Pool("MappedFile", path=str(path), mode="w+")
+    limit = fresh("L")
+    memmanager.register_allocator(limit, Limit("MappedFile", 1 << 20, path=str(path), mode="w+"))
+    with pytest.raises(ValueError, match="maps a file"):
+        Pool(limit)
+    assert not path.exists()
 
 
 CUDA_CHAINS = [("Pool",), ("Limit",), ("Pool", "Limit"), ("Log", "Pool")]
@@ -160,6 +175,7 @@ def test_stacked_adaptors_under_debug():
         for size in (64, 5000, 3 << 20):
             buf = Buffer(size, 1, allocator="Big", init_value=1)
             assert buf.address % 256 == 0
+            assert memmanager.stats()["Capped"]["upstream_bytes"] >= size
             ctypes.memset(buf.address + size, 0, 1)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -167,7 +183,8 @@ def test_stacked_adaptors_under_debug():
                 gc.collect()
             assert any("overrun" in str(w.message) for w in caught), (size, caught)
         pool.release_free()
-        assert memmanager.stats()["Capped"]["live_bytes"] == 0
+        assert memmanager.stats().get("Capped", {}).get("upstream_bytes", 0) == 0
+        assert memmanager.stats().get("Aligned", {}).get("live_bytes", 0) == 0
         print("ok")
     """, env_extra={"MEMMANAGER_DEBUG": "1"})
     assert result.returncode == 0, result.stderr

@@ -45,13 +45,15 @@ def idle_chunks_back():
         POOLS.pop().release_free()
 
 
-def live_bytes(name):
-    return memmanager.stats().get(name, {}).get("live_bytes", 0)
+def held_by(name):
+    """What the adaptor registered as name holds from its upstream, as
+    stats() says (its entry's upstream_bytes)."""
+    return memmanager.stats().get(name, {}).get("upstream_bytes", 0)
 
 
 @pytest.fixture
 def private_upstream():
-    """A Limit over PyAlloc of its own, so that its stats() are the pool's
+    """A Limit over PyAlloc of its own, so that what it holds is the pool's
     chunks only."""
     return register(memmanager.Limit("PyAlloc", 1 << 40), "Up")
 
@@ -161,15 +163,15 @@ def test_release_free_gives_chunks_back(private_upstream):
     bigs = [Buffer(3 * MiB, 1, allocator=name) for _ in range(3)]
     held = pool.held_bytes
     assert held >= 9 * MiB
-    assert live_bytes(private_upstream) == held
+    assert held_by(private_upstream) == held
     assert pool.release_free() == 0   # nothing idle yet
     del bigs
     given = pool.release_free()
     assert given > 0 and pool.held_bytes == held - given
-    assert live_bytes(private_upstream) == pool.held_bytes
+    assert held_by(private_upstream) == pool.held_bytes
     del smalls
     assert pool.release_free() == held - given
-    assert pool.held_bytes == 0 and live_bytes(private_upstream) == 0
+    assert pool.held_bytes == 0 and held_by(private_upstream) == 0
     again = Buffer(64, 1, allocator=name)   # and the pool goes on working
     assert pool.held_bytes > 0
     del again
@@ -200,11 +202,11 @@ def test_dealloc_gives_everything_back(private_upstream):
     memmanager.register_allocator(name, pool)   # not kept in POOLS
     for size in (64, 5000, 3 * MiB):
         Buffer(size, 1, allocator=name)
-    assert live_bytes(private_upstream) > 0
+    assert held_by(private_upstream) > 0
     memmanager.register_allocator(name, memmanager.Limit("PyAlloc", 1))  # drop the pool
     del pool
     gc.collect()
-    assert live_bytes(private_upstream) == 0
+    assert held_by(private_upstream) == 0
 
 
 # ---------------------------------------------------------------------------
@@ -216,10 +218,10 @@ def test_maximum_size_exact(private_upstream):
     name = register(pool)
     bufs = [Buffer(1 * MiB, 1, allocator=name) for _ in range(4)]
     assert pool.held_bytes == 4 * MiB and pool.used_bytes == 4 * MiB
-    before = live_bytes(private_upstream)
+    before = held_by(private_upstream)
     with pytest.raises(MemoryError, match=r"16 bytes asked, 4194304 bytes held"):
         Buffer(16, 1, allocator=name)
-    assert live_bytes(private_upstream) == before and pool.live_blocks == 4
+    assert held_by(private_upstream) == before and pool.live_blocks == 4
     del bufs[0]
     bufs.append(Buffer(1 * MiB, 1, allocator=name))   # the freed one fits again
     with pytest.raises(MemoryError):
@@ -239,7 +241,7 @@ def test_maximum_size_caps_growth():
 def test_initial_size_takes_one_chunk(private_upstream):
     pool = memmanager.Pool(private_upstream, initial_size=3 * MiB + 1)
     assert pool.initial_size == 3 * MiB + 16
-    assert pool.held_bytes == 3 * MiB + 16 == live_bytes(private_upstream)
+    assert pool.held_bytes == 3 * MiB + 16 == held_by(private_upstream)
     name = register(pool)
     buf = Buffer(3 * MiB, 1, allocator=name)
     assert pool.held_bytes == 3 * MiB + 16   # served from it
@@ -261,7 +263,7 @@ def test_initial_size_takes_one_chunk(private_upstream):
 def test_bad_sizes(kwargs, exc, private_upstream):
     with pytest.raises(exc):
         memmanager.Pool(private_upstream, **kwargs)
-    assert live_bytes(private_upstream) == 0
+    assert held_by(private_upstream) == 0
 
 
 def test_bad_arguments():
@@ -306,7 +308,7 @@ def test_upstream_failure_leaves_nothing(private_upstream):
     with pytest.raises(memmanager.LimitExceededError):
         Buffer(3 * MiB, 1, allocator=name)
     assert (pool.held_bytes, pool.used_bytes, pool.live_blocks) == (0, 0, 0)
-    assert live_bytes(capped) == 0
+    assert held_by(capped) == 0
     buf = Buffer(64, 1, allocator=name)
     del buf
 
@@ -343,12 +345,12 @@ def test_pool_over_pool(private_upstream):
     bufs = [Buffer(size, 1, allocator=name) for size in (64, 5000, 3 * MiB)]
     assert inner.live_blocks >= 2   # outer chunks are inner blocks
     assert inner.used_bytes == outer.held_bytes
-    assert live_bytes(inner_name) == outer.held_bytes
+    assert held_by(name) == outer.held_bytes and held_by(inner_name) == inner.held_bytes
     del bufs
     outer.release_free()
     assert inner.live_blocks == 0 and outer.held_bytes == 0
     inner.release_free()
-    assert live_bytes(private_upstream) == 0
+    assert held_by(private_upstream) == 0
 
 
 def test_pool_over_limit_over_aligned():

@@ -77,9 +77,19 @@ int mm_adaptor_init(AdaptorObject *self, const mm_allocator_ops *ops,
             return -1;
         }
     }
-    return mm_allocator_parse_any_options(self->upstream, self->upstream_options,
-                                          1, 1, MM_INIT_UNINITIALISED,
-                                          &self->upstream_req);
+    if (mm_allocator_parse_any_options(self->upstream, self->upstream_options,
+                                       1, 1, MM_INIT_UNINITIALISED,
+                                       &self->upstream_req) == 0) {
+        self->parsed = 1;
+        return 0;
+    }
+    /* An upstream that needs per-buffer options (MappedFile's path=) has
+     * them parsed with each buffer's, by adaptors that pass them on. */
+    if (self->upstream_options == NULL && ops->parse_options == mm_adaptor_parse_passed_options) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
 }
 
 int mm_adaptor_traverse(AdaptorObject *self, visitproc visit, void *arg)
@@ -148,7 +158,7 @@ int mm_adaptor_parse_passed_options(AllocatorObject *alloc, PyObject *options,
                                     mm_request *req)
 {
     AdaptorObject *self = mm_adaptor_of(alloc);
-    if (options == NULL) {
+    if (options == NULL && self->parsed) {
         copy_request(self, req);
         return 0;
     }
@@ -169,6 +179,24 @@ void mm_adaptor_upstream_request(const AdaptorObject *self, size_t size,
     req->num_items = (Py_ssize_t)size;
     req->item_size = 1;
     req->init_byte = MM_INIT_UNINITIALISED;
+}
+
+int mm_adaptor_take(AdaptorObject *self, const mm_request *req, size_t size,
+                    int zero, mm_raw *out)
+{
+    if (mm_allocator_take_block(self->upstream, req, size, zero, out) < 0) {
+        return -1;
+    }
+    __atomic_add_fetch(&self->upstream_blocks, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&self->upstream_bytes, size, __ATOMIC_RELAXED);
+    return 0;
+}
+
+void mm_adaptor_give(AdaptorObject *self, char *base, size_t size, void *cookie)
+{
+    __atomic_sub_fetch(&self->upstream_blocks, 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch(&self->upstream_bytes, size, __ATOMIC_RELAXED);
+    mm_allocator_give_block(self->upstream, base, size, cookie);
 }
 
 PyObject *mm_adaptor_get_upstream(PyObject *op, void *Py_UNUSED(closure))

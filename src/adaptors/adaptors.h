@@ -37,7 +37,11 @@ typedef struct AdaptorObject {
     mm_request upstream_req;        /* those options, parsed by the upstream */
     const mm_allocator_ops *ops;    /* the kind registered for this adaptor */
     unsigned char passes_cookie;    /* blocks are the upstream's own */
-    unsigned char takes_options;    /* per-buffer options go to the upstream */
+    size_t upstream_blocks;         /* atomic: blocks held from the upstream */
+    size_t upstream_bytes;          /* atomic: their bytes */
+    unsigned char parsed;           /* upstream_req holds the parsed options;
+                                       else each buffer's are parsed (an
+                                       upstream that needs some, given none) */
 } AdaptorObject;
 
 /* The adaptor types, in st->adaptor_types order. */
@@ -79,6 +83,12 @@ int mm_adaptor_parse_passed_options(AllocatorObject *alloc, PyObject *options,
 /* The upstream's request for `size` bytes of a pooled block. */
 void mm_adaptor_upstream_request(const AdaptorObject *self, size_t size,
                                  mm_request *req);
+/* A raw block of the upstream, counted in upstream_blocks/bytes (which
+ * stats() shows under the adaptor's names); give never raises. */
+int mm_adaptor_take(AdaptorObject *self, const mm_request *req, size_t size,
+                    int zero, mm_raw *out);
+void mm_adaptor_give(AdaptorObject *self, char *base, size_t size, void *cookie);
+
 /* The getter of `upstream`: the upstream's name. */
 PyObject *mm_adaptor_get_upstream(PyObject *op, void *closure);
 

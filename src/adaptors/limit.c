@@ -78,7 +78,7 @@ static int limit_allocate(AllocatorObject *alloc, const mm_request *req,
     if (reserve(alloc, self, size) < 0) {
         return -1;
     }
-    if (mm_allocator_take_block(self->base.upstream, req, size, zero, out) < 0) {
+    if (mm_adaptor_take(&self->base, req, size, zero, out) < 0) {
         unreserve(self, size);
         return -1;
     }
@@ -89,7 +89,7 @@ static void limit_release(AllocatorObject *alloc, char *base, size_t size,
                           void *cookie)
 {
     LimitObject *self = limit_of(alloc);
-    mm_allocator_give_block(self->base.upstream, base, size, cookie);
+    mm_adaptor_give(&self->base, base, size, cookie);
     unreserve(self, size);
 }
 

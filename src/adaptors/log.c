@@ -363,7 +363,7 @@ static int log_allocate(AllocatorObject *alloc, const mm_request *req,
 {
     LogObject *self = log_of(alloc);
     if (PyUnicode_AsUTF8AndSize(alloc->name, NULL) == NULL ||  /* cached now */
-        mm_allocator_take_block(self->base.upstream, req, size, zero, out) < 0) {
+        mm_adaptor_take(&self->base, req, size, zero, out) < 0) {
         return -1;
     }
     log_event(self, alloc, 'a', size, out->base);
@@ -375,7 +375,7 @@ static void log_release(AllocatorObject *alloc, char *base, size_t size,
 {
     LogObject *self = log_of(alloc);
     log_event(self, alloc, 'f', size, base);
-    mm_allocator_give_block(self->base.upstream, base, size, cookie);
+    mm_adaptor_give(&self->base, base, size, cookie);
 }
 
 static const mm_allocator_ops log_ops = {

@@ -544,11 +544,11 @@ static int take_chunk(PoolObject *self, size_t size)
     mm_request req;
     mm_raw raw;
     mm_adaptor_upstream_request(&self->base, size, &req);
-    if (mm_allocator_take_block(up, &req, size, 0, &raw) < 0) {
+    if (mm_adaptor_take(&self->base, &req, size, 0, &raw) < 0) {
         return -1;
     }
     if (((uintptr_t)raw.base & (self->alignment - 1)) != 0) {
-        mm_allocator_give_block(up, raw.base, size, raw.cookie);
+        mm_adaptor_give(&self->base, raw.base, size, raw.cookie);
         PyErr_Format(PyExc_ValueError,
                      "Pool(): its upstream %U gave a block at %p, not at a "
                      "multiple of its alignment %zu", up->name,
@@ -560,7 +560,7 @@ static int take_chunk(PoolObject *self, size_t size)
     if (chunk == NULL || seg == NULL) {
         PyMem_RawFree(chunk);
         PyMem_RawFree(seg);
-        mm_allocator_give_block(up, raw.base, size, raw.cookie);
+        mm_adaptor_give(&self->base, raw.base, size, raw.cookie);
         PyErr_NoMemory();
         return -1;
     }
@@ -621,8 +621,7 @@ static void give_back_chunks(PoolObject *self, pool_chunk *idle)
 {
     while (idle != NULL) {
         pool_chunk *next = idle->next;
-        mm_allocator_give_block(self->base.upstream, idle->base, idle->size,
-                                idle->cookie);
+        mm_adaptor_give(&self->base, idle->base, idle->size, idle->cookie);
         PyMem_RawFree(idle);
         idle = next;
     }
@@ -671,7 +670,7 @@ static int pool_parse_options(AllocatorObject *alloc, PyObject *options,
 static int zero_block(AllocatorObject *alloc, char *ptr, size_t size)
 {
     if (alloc->memory_kind == MM_MEMORY_CUDA_DEVICE) {
-        return alloc->device_hooks->fill(alloc, ptr, 0, size);
+        return mm_allocator_device_fill(alloc, ptr, 0, size);
     }
     if (size >= RELEASE_GIL_THRESHOLD) {
         Py_BEGIN_ALLOW_THREADS
@@ -828,9 +827,16 @@ static int parse_pool_size(PyObject *value, const char *what, int positive,
     return 0;
 }
 
-static int refuse_shared_memory(PoolObject *self)
+static int refuse_shared_bytes(PoolObject *self)
 {
     AllocatorObject *owner = mm_allocator_block_owner(self->base.upstream);
+    if (owner != NULL && strcmp(owner->ops->kind, "MappedFile") == 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "Pool(): upstream %U maps a file: every chunk would be the "
+                     "same bytes of it, so two buffers would share memory (use "
+                     "MappedFile itself, or Limit over it)", self->base.upstream->name);
+        return -1;
+    }
     if (owner != NULL && strcmp(owner->ops->kind, "SharedMemory") == 0) {
         PyErr_Format(PyExc_ValueError,
                      "Pool(): upstream %U hands out SharedMemory blocks, each a "
@@ -886,7 +892,7 @@ static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->maximum_size = maximum_size;
     self->has_maximum = has_maximum;
     if (mm_adaptor_init(&self->base, &pool_ops, own[0], rest) < 0 ||
-        refuse_shared_memory(self) < 0) {
+        refuse_shared_bytes(self) < 0) {
         Py_DECREF(self);
         goto error;
     }

@@ -32,7 +32,7 @@
  *
  * Replayed blocks are not buffers: they are not in the region registry
  * and not counted in stats() under the allocator's name, but what an
- * adaptor takes from its upstream is (mm_allocator_take_block).
+ * adaptor takes from its upstream is (its upstream_blocks/bytes).
  *
  * Allocator names are told apart by a 64-bit FNV-1a hash of their text:
  * only which lines belong together matters here.

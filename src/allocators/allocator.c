@@ -638,14 +638,12 @@ int mm_allocator_take_block(AllocatorObject *alloc, const mm_request *req,
     if (alloc->advise_hugepages && mm_wants_hugepages(alloc, req, size, zero)) {
         mm_advise_hugepages(out->base, size);
     }
-    mm_region_registry_account(alloc->stats_slot, size, 1);
     return 0;
 }
 
 void mm_allocator_give_block(AllocatorObject *alloc, char *base, size_t size,
                              void *cookie)
 {
-    mm_region_registry_account(alloc->stats_slot, size, 0);
     alloc->ops->release(alloc, base, size, cookie);
 }
 

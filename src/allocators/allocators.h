@@ -277,8 +277,8 @@ int mm_numa_bind(AllocatorObject *alloc, void *base, size_t length, int node);
 
 /* allocator.c, for adaptors (adaptors/): a raw block of an upstream
  * allocator, without guard bytes or tracemalloc (the adaptor's own blocks
- * get those), counted in the upstream's stats() as one live block.  The
- * caller holds the GIL.  take raises; give never does. */
+ * get those); the adaptor counts it (mm_adaptor_take).  The caller holds
+ * the GIL.  take raises; give never does. */
 int mm_allocator_take_block(AllocatorObject *alloc, const mm_request *req,
                             size_t size, int zero, mm_raw *out);
 void mm_allocator_give_block(AllocatorObject *alloc, char *base, size_t size,

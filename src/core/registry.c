@@ -513,20 +513,6 @@ void mm_region_registry_remove(region_node *node)
     unlock_registry(locked);
 }
 
-/* An adaptor's blocks from its upstream: counted under the upstream's
- * slot, not in the total (the buffers made from them are counted there). */
-void mm_region_registry_account(int stats_slot, size_t nbytes, int taken)
-{
-    int locked = lock_registry();
-    if (taken) {
-        stats_add(&stats_slots[stats_slot].stats, nbytes);
-    }
-    else {
-        stats_sub(&stats_slots[stats_slot].stats, nbytes);
-    }
-    unlock_registry(locked);
-}
-
 int mm_region_registry_find_overlap(uintptr_t start, uintptr_t end,
                                  region_info *conflict)
 {

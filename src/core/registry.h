@@ -101,11 +101,6 @@ int mm_region_registry_insert_shared(region_node *node, uintptr_t start,
 /* Removes a linked node; a node that is not linked is left alone. */
 void mm_region_registry_remove(region_node *node);
 
-/* Counts nbytes taken (taken = 1) or given back (0) by an adaptor from the
- * allocator of stats_slot: that allocator's counters move, the total does
- * not (the buffers made from the block count there). */
-void mm_region_registry_account(int stats_slot, size_t nbytes, int taken);
-
 /* 1 and *conflict filled when [start, end) overlaps a live owned region,
  * else 0. */
 int mm_region_registry_find_overlap(uintptr_t start, uintptr_t end,

@@ -64,7 +64,60 @@ static int set_stats_item(PyObject *result, const char *name, const region_stats
     return rc;
 }
 
-static PyObject *mm_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+/* The entry of an adaptor, made (with zero buffers) for one that holds
+ * blocks but has made no buffer (one under another adaptor); borrowed. */
+static PyObject *adaptor_entry(PyObject *result, PyObject *key, size_t blocks)
+{
+    static const region_stats none;
+    PyObject *entry = PyDict_GetItemWithError(result, key);
+    if (entry != NULL || PyErr_Occurred() || blocks == 0) {
+        return entry;
+    }
+    if ((entry = stats_dict(&none)) == NULL || PyDict_SetItem(result, key, entry) < 0) {
+        Py_XDECREF(entry);
+        return NULL;
+    }
+    Py_DECREF(entry);
+    return entry;
+}
+
+/* An adaptor's entry also says what it holds from its upstream (a Pool's
+ * chunks, a Limit's blocks): two keys more, which the total leaves out,
+ * as it counts each buffer once. */
+static int add_upstream_use(mm_state *st, PyObject *result)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (st->allocators != NULL && PyDict_Next(st->allocators, &pos, &key, &value)) {
+        AllocatorObject *alloc = (AllocatorObject *)value;
+        if (alloc->upstream == NULL) {
+            continue;
+        }
+        AdaptorObject *ad = mm_adaptor_of(alloc);
+        size_t held = __atomic_load_n(&ad->upstream_blocks, __ATOMIC_RELAXED);
+        PyObject *entry = adaptor_entry(result, key, held);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) {
+                return -1;
+            }
+            continue;
+        }
+        PyObject *blocks = PyLong_FromSize_t(held);
+        PyObject *bytes = PyLong_FromSize_t(
+            __atomic_load_n(&ad->upstream_bytes, __ATOMIC_RELAXED));
+        int rc = (blocks == NULL || bytes == NULL ||
+                  PyDict_SetItemString(entry, "upstream_blocks", blocks) < 0 ||
+                  PyDict_SetItemString(entry, "upstream_bytes", bytes) < 0) ? -1 : 0;
+        Py_XDECREF(blocks);
+        Py_XDECREF(bytes);
+        if (rc < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *mm_stats(PyObject *module, PyObject *Py_UNUSED(a))
 {
     region_stats total;
     ptrdiff_t n;
@@ -80,6 +133,9 @@ static PyObject *mm_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
         if (set_stats_item(result, per_name[i].name, &per_name[i].stats) < 0) {
             goto error;
         }
+    }
+    if (add_upstream_use(module_state(module), result) < 0) {
+        goto error;
     }
     PyMem_RawFree(per_name);
     return result;
