@@ -48,18 +48,23 @@ ALLOCATORS: Dict[str, List[Dict[str, Any]]] = {
 
 
 # Allocators that cannot allocate without options of their own: MappedFile
-# needs a file (tests/test_mapped_file.py), and two live buffers on one "w+"
-# path would truncate each other's mappings.
+# needs a file (tests/test_mapped_file.py).
 NEEDS_OPTIONS = {"MappedFile"}
+
+# The allocators memmanager registers itself, as found when this module is
+# first imported (at collection, before any test registers a plug-in or an
+# adaptor: those, some of them misbehaving on purpose, are not the surface).
+import memmanager as _memmanager  # noqa: E402
+BUILT_IN = tuple(_memmanager.allocators())
 
 
 def usable_allocators() -> List[str]:
-    """Every registered allocator that can make memory here (not Borrowed,
+    """Every built-in allocator that can make memory here (not Borrowed,
     which only adopts; not the Cuda* ones on a machine without a GPU; not
     those in NEEDS_OPTIONS)."""
     import memmanager
     names = []
-    for name in memmanager.allocators():
+    for name in BUILT_IN:
         if name in NEEDS_OPTIONS:
             continue
         try:

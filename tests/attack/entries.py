@@ -363,6 +363,8 @@ ENTRIES: List[Entry] = [
     E("mm.Log", P("upstream", ALLOC, "PyAlloc"), P("path", STR, lambda s: s.log_path),
       setup=with_log),
     E("mm.Limit", P("upstream", ALLOC, "PyAlloc"), P("max_bytes", INT, 1000)),
+    E("mm.Pool", P("upstream", ALLOC, "PyAlloc"), K("initial_size", INT, 4096),
+      K("maximum_size", INT, 1 << 20)),
     E("core._adaptors"),
     E("mm.use", K("allocators", ITER, ["PyAlloc", "AttackPlug"]), K("devices", ITER, ["NVIDIA_GPU"]),
       K("views", ITER, ["numpy", "attackview"])),

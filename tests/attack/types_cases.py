@@ -68,6 +68,7 @@ SAMPLES: Dict[str, Callable[[State], Any]] = {
     "OverlapError": lambda s: _core.OverlapError("x"),
     "Log": lambda s: _core.Log("PyAlloc", "/dev/null"),
     "Limit": lambda s: _core.Limit("PyAlloc", 1000),
+    "Pool": lambda s: _core.Pool("PyAlloc"),
     "LimitExceededError": lambda s: _core.LimitExceededError("x"),
     "Statistics": lambda s: memmanager.statistics(),
     "Statistics-active": lambda s: memmanager.statistics().__enter__(),
@@ -86,7 +87,7 @@ CUDA_SAMPLES = {"DeviceView"}
 SAMPLED_TYPES = {"Buffer", "Allocator", "DeviceView", "_ViewEntry", "cached_classmethod",
                  "MemManagerError", "OverlapError", "UnknownAllocatorError",
                  "DeviceUnavailableError", "PyCapsule", "LiveBuffer", "Log", "Limit",
-                 "LimitExceededError", "Statistics", "AllocatorStatistics"}
+                 "LimitExceededError", "Pool", "Statistics", "AllocatorStatistics"}
 
 
 def module_type_names() -> List[str]:
