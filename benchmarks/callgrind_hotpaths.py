@@ -23,6 +23,9 @@ buf = Buffer(1 << 20, 1, init_value=1)
 ba = bytearray(64)
 owner = bytearray(4096)
 address = ctypes.addressof((ctypes.c_char * 4096).from_buffer(owner))
+memmanager.register_allocator("HotPool", memmanager.Pool("PyAlloc"))
+memmanager.register_allocator("HotLimit", memmanager.Limit("PyAlloc", 1 << 40))
+Buffer(64, 1, allocator="HotPool")
 """
 
 OPERATIONS = {
@@ -30,6 +33,9 @@ OPERATIONS = {
     "bytearray(64) (peer)": "bytearray(64)",
     "Buffer(64, 1) create+destroy": "Buffer(64, 1)",
     "Buffer(64, 1, allocator='CMalloc')": "Buffer(64, 1, allocator='CMalloc')",
+    "Buffer(64, 1, allocator='PyAlloc')": "Buffer(64, 1, allocator='PyAlloc')",
+    "Buffer(64, 1, allocator=<Pool(PyAlloc)>)": "Buffer(64, 1, allocator='HotPool')",
+    "Buffer(64, 1, allocator=<Limit(PyAlloc)>)": "Buffer(64, 1, allocator='HotLimit')",
     "Buffer(64, 1, init_value=0)": "Buffer(64, 1, init_value=0)",
     "memoryview(buf) (getbuffer+release)": "memoryview(buf)",
     "memoryview(ba)[10:100] (peer)": "memoryview(ba)[10:100]",

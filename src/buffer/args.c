@@ -228,6 +228,22 @@ static int assign_option(mm_state *st, buffer_args *a, PyObject *key,
     return store_option(a, known_index(st, key, consume_keys), key, value);
 }
 
+/* 1 when kwnames holds the very str objects of the cached tuple, in
+ * order: a call through a **kwargs dict (f(*args, **kwargs), functools.
+ * partial) makes a new tuple each time, of the same interned names. */
+static int same_names(PyObject *kwnames, PyObject *cached, Py_ssize_t n)
+{
+    if (cached == NULL || PyTuple_GET_SIZE(cached) != n) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyTuple_GET_ITEM(kwnames, i) != PyTuple_GET_ITEM(cached, i)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* The known_options index of each keyword name, into out: from the cache
  * when kwnames is the tuple seen last, else worked out and remembered.
  * 0: out is filled; -1: kwnames is not cacheable (too many names, or one
@@ -238,7 +254,7 @@ static int kwnames_options(mm_state *st, PyObject *kwnames, int consume_keys,
 {
     mm_kwnames_cache *cache = &st->kwnames_cache[consume_keys];
     Py_ssize_t n = PyTuple_GET_SIZE(kwnames);
-    if (kwnames == cache->names) {
+    if (kwnames == cache->names || same_names(kwnames, cache->names, n)) {
         memcpy(out, cache->option, MM_KWNAMES_CACHED);   /* one 8-byte move */
         return 0;
     }
