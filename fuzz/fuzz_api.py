@@ -32,6 +32,7 @@ import gc
 import os
 import pickle
 import sys
+import tempfile
 
 try:
     import atheris
@@ -68,8 +69,12 @@ EXPECTED = (ValueError, TypeError, IndexError, BufferError, OverflowError,
             MemoryError, LookupError, memmanager.MemManagerError, FuzzStubError,
             NotImplementedError, OSError)
 
+# The adaptors an input registers take these names (process-wide, so an
+# input may find one an earlier input made); its files live in FILES.
+ADAPTOR_NAMES = ["FzAdaptor0", "FzAdaptor1", "FzAdaptor2"]
+FILES = tempfile.mkdtemp(prefix="mmfz_")
 ALLOCATORS = ["PyAlloc", "CMalloc", "Aligned", "Mmap", "SharedMemory", "Borrowed",
-              "CudaHost", "CudaDevice", "CudaManaged"]
+              "MappedFile", "CudaHost", "CudaDevice", "CudaManaged"] + ADAPTOR_NAMES
 INIT_VALUES = [None, "zero", "ZERO", 0, 7, 255, "A", b"\x10", "40", "\xe9", -1, 256,
                2 ** 64, "", "zz", b"", b"ab", 1.5, "random", True]
 SPECIAL_SIZES = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 63, 64, 255, 4095, 4096, 4097,
@@ -85,6 +90,7 @@ class Fuzz:
         self.buffers = []      # live Buffer objects
         self.exports = []      # memoryviews, regions, arrays, capsules, views
         self.arenas = []       # ctypes arenas lent with owner=
+        self.scopes = []       # statistics() scopes entered, innermost last
 
     def note(self, text):
         if VERBOSE:
@@ -222,7 +228,8 @@ class Fuzz:
         opts = {}
         for _ in range(self.small(3)):
             key = self.choice(["alignment", "populate", "shared", "hugepages", "name",
-                               "bogus", "init_value", "delayed_gc", "copy", "readonly"])
+                               "bogus", "init_value", "delayed_gc", "copy", "readonly",
+                               "path", "mode", "offset", "numa_node"])
             opts[key] = self.option_value(key)
         return opts
 
@@ -230,6 +237,12 @@ class Fuzz:
         how = self.fdp.ConsumeIntInRange(0, 3)
         if key == "alignment" and how <= 1:
             return self.choice([1, 2, 3, 8, 16, 64, 4096, 65536, 2 ** 20, 0, -8, 2 ** 63])
+        if key == "path" and how <= 2:
+            return os.path.join(FILES, "file%d" % self.small(3))
+        if key == "mode" and how <= 2:
+            return self.choice(["r+", "r", "w+", "w", ""])
+        if key in ("offset", "numa_node") and how <= 1:
+            return self.choice([0, 1, 4095, 4096, 2 ** 40, 2 ** 63 - 1, -1])
         if key == "name" and how <= 2:
             return "mmfz_%d_%s" % (PID, self.fdp.ConsumeUnicodeNoSurrogates(self.small(6))
                                    .replace("/", "s").replace("\0", "z") or "x")
@@ -625,10 +638,67 @@ class Fuzz:
                                 self.choice(["to", "from", "both", "y"]),
                                 start=self.index(len(buf)))
 
+    def op_adaptor(self):
+        kind = self.choice(["Pool", "Limit", "Log"])
+        upstream = self.allocator_name()
+        options = self.options(upstream) if self.flag() else {}
+        name = self.choice(ADAPTOR_NAMES)
+        self.note("register_allocator(%r, %s(%r, ..., **%r))" % (name, kind, upstream, options))
+        if kind == "Pool":
+            sizes = {}
+            if self.flag():
+                sizes["initial_size"] = self.size()
+            if self.flag():
+                sizes["maximum_size"] = self.size()
+            adaptor = memmanager.Pool(upstream, **sizes, **options)
+        elif kind == "Limit":
+            adaptor = memmanager.Limit(upstream, self.size(), **options)
+        else:
+            path = os.path.join(FILES, "log%d" % self.small(2))
+            adaptor = memmanager.Log(upstream, path, **options)
+        memmanager.register_allocator(name, adaptor)
+
+    def op_adaptor_call(self):
+        rows = memmanager._core._adaptors()
+        if not rows:
+            return
+        name, kind, upstream, adaptor = self.choice(rows)
+        self.note("%s %r: calls" % (kind, name))
+        if kind == "Pool":
+            adaptor.release_free()
+        elif kind == "Log":
+            adaptor.flush()
+            if self.flag():
+                memmanager.replay(adaptor.path, allocator=self.allocator_name())
+        repr(adaptor)
+        memmanager.report()
+
+    def op_statistics(self):
+        if self.scopes and self.flag():
+            scope = self.scopes.pop() if self.flag() else self.choice(self.scopes)
+            self.note("statistics: exit")
+            try:
+                scope.__exit__(None, None, None)
+            except RuntimeError as exc:   # ended already, or not the innermost
+                self.note("  -> RuntimeError: %s" % exc)
+            return
+        scope = memmanager.statistics()
+        self.note("statistics: enter")
+        scope.__enter__()
+        self.scopes.append(scope)
+        scope.allocations, scope["PyAlloc"], scope.allocators
+
+    def op_flush(self):
+        buf = self.buffer()
+        if buf is not None:
+            self.note("buf.flush()")
+            buf.flush()
+
     OPS = ["op_new", "op_new", "op_consume", "op_consume", "op_region", "op_extract",
            "op_getitem", "op_setitem", "op_release", "op_drop", "op_end_export", "op_with",
            "op_view", "op_view", "op_pickle", "op_dlpack", "op_delayed", "op_register",
-           "op_observe", "op_memoryview", "op_attach", "op_device"]
+           "op_observe", "op_memoryview", "op_attach", "op_device", "op_adaptor",
+           "op_adaptor_call", "op_statistics", "op_flush"]
 
     def run(self):
         for _ in range(MAX_OPS):
@@ -688,6 +758,12 @@ def run_one(data):
                 pass
         fuzz.exports.clear()
         fuzz.arenas.clear()
+        while fuzz.scopes:
+            scope = fuzz.scopes.pop()
+            try:
+                scope.__exit__(None, None, None)
+            except RuntimeError:   # exited already, out of order on purpose
+                pass
 
 
 def TestOneInput(data):
