@@ -115,26 +115,35 @@ void mm_adaptor_clear_common(AdaptorObject *self)
 }
 
 int mm_adaptor_split_keywords(PyObject *kwargs, const char *const *names,
-                              PyObject **own, PyObject **rest)
+                              PyObject **own, PyObject **rest, PyObject **kept)
 {
     *rest = NULL;
+    *kept = NULL;
     if (kwargs == NULL || PyDict_GET_SIZE(kwargs) == 0) {
         return 0;
     }
-    PyObject *others = PyDict_Copy(kwargs);
+    /* The caller's dict is no safe place to borrow from: code that runs
+     * while the arguments are parsed (__index__, __fspath__) can find it
+     * with gc.get_referrers() and empty it.  An untracked copy holds them. */
+    PyObject *all = PyDict_Copy(kwargs);
+    PyObject *others = all != NULL ? PyDict_Copy(all) : NULL;
     if (others == NULL) {
+        Py_XDECREF(all);
         return -1;
     }
+    PyObject_GC_UnTrack(all);
     for (int i = 0; names[i] != NULL; i++) {
-        PyObject *value = PyDict_GetItemString(others, names[i]);
+        PyObject *value = PyDict_GetItemString(all, names[i]);
         if (value != NULL) {
-            own[i] = value;   /* kwargs, the caller's, still holds it */
+            own[i] = value;   /* held by `all` */
             if (PyDict_DelItemString(others, names[i]) < 0) {
                 Py_DECREF(others);
+                Py_DECREF(all);
                 return -1;
             }
         }
     }
+    *kept = all;
     if (PyDict_GET_SIZE(others) == 0) {
         Py_DECREF(others);
         return 0;
@@ -158,7 +167,14 @@ int mm_adaptor_parse_passed_options(AllocatorObject *alloc, PyObject *options,
                                     mm_request *req)
 {
     AdaptorObject *self = mm_adaptor_of(alloc);
+    AllocatorObject *up = self->upstream;
     if (options == NULL && self->parsed) {
+        /* The options were parsed for no init value; a buffer with one has
+         * them checked again against it (MappedFile refuses an init value
+         * over a file's data, mode 'r' or 'r+'). */
+        if (req->init_byte != MM_INIT_UNINITIALISED && self->upstream_options != NULL) {
+            return up->ops->parse_options(up, self->upstream_options, req);
+        }
         copy_request(self, req);
         return 0;
     }
@@ -168,7 +184,6 @@ int mm_adaptor_parse_passed_options(AllocatorObject *alloc, PyObject *options,
                      "options were given when it was made", alloc->name);
         return -1;
     }
-    AllocatorObject *up = self->upstream;
     return up->ops->parse_options(up, options, req);
 }
 

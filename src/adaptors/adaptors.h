@@ -71,10 +71,11 @@ static inline AdaptorObject *mm_adaptor_of(AllocatorObject *alloc)
     return (AdaptorObject *)alloc->keeper;
 }
 /* Splits a constructor's keywords: own[i] receives the value of names[i]
- * (borrowed, or left alone when absent), *rest the others (a new dict, or
- * NULL when there are none). */
+ * (borrowed from *kept, or left alone when absent), *rest the others (a
+ * new dict, or NULL when there are none).  *kept is a private copy of
+ * kwargs (or NULL) that the caller releases once done with own[]. */
 int mm_adaptor_split_keywords(PyObject *kwargs, const char *const *names,
-                              PyObject **own, PyObject **rest);
+                              PyObject **own, PyObject **rest, PyObject **kept);
 /* parse_options of kinds that pass per-buffer options on (Limit, Log):
  * the upstream's options, or the per-buffer ones when the adaptor was
  * made without any. */

@@ -108,6 +108,7 @@ static PyObject *limit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static const char *const names[] = {"upstream", "max_bytes", NULL};
     PyObject *own[2] = {NULL, NULL}, *keyword[2] = {NULL, NULL}, *rest = NULL;
+    PyObject *kept = NULL;
     Py_ssize_t max_bytes;
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
     if (nargs > 2) {
@@ -116,7 +117,7 @@ static PyObject *limit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                      "arguments given)", nargs);
         return NULL;
     }
-    if (mm_adaptor_split_keywords(kwargs, names, keyword, &rest) < 0) {
+    if (mm_adaptor_split_keywords(kwargs, names, keyword, &rest, &kept) < 0) {
         return NULL;
     }
     for (int i = 0; i < 2; i++) {
@@ -146,9 +147,11 @@ static PyObject *limit_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->base.passes_cookie = 1;
     Py_XDECREF(rest);
+    Py_XDECREF(kept);
     return (PyObject *)self;
 error:
     Py_XDECREF(rest);
+    Py_XDECREF(kept);
     return NULL;
 }
 

@@ -391,7 +391,7 @@ static const mm_allocator_ops log_ops = {
 
 /* The two arguments, positional or by keyword; the rest go upstream. */
 static int split_arguments(PyObject *args, PyObject *kwargs, PyObject **own,
-                           PyObject **rest)
+                           PyObject **rest, PyObject **kept)
 {
     static const char *const names[] = {"upstream", "path", NULL};
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
@@ -410,7 +410,7 @@ static int split_arguments(PyObject *args, PyObject *kwargs, PyObject **own,
             return -1;
         }
     }
-    if (mm_adaptor_split_keywords(kwargs, names, own, rest) < 0) {
+    if (mm_adaptor_split_keywords(kwargs, names, own, rest, kept) < 0) {
         return -1;
     }
     for (int i = 0; i < 2; i++) {
@@ -460,20 +460,23 @@ static int open_file(LogObject *self)
 
 static PyObject *log_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *own[2] = {NULL, NULL}, *rest = NULL;
-    if (split_arguments(args, kwargs, own, &rest) < 0) {
+    PyObject *own[2] = {NULL, NULL}, *rest = NULL, *kept = NULL;
+    if (split_arguments(args, kwargs, own, &rest, &kept) < 0) {
         Py_XDECREF(rest);
+        Py_XDECREF(kept);
         return NULL;
     }
     PyObject *path = PyOS_FSPath(own[1]);
     if (path == NULL) {
         Py_XDECREF(rest);
+        Py_XDECREF(kept);
         return NULL;
     }
     LogObject *self = (LogObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         Py_DECREF(path);
         Py_XDECREF(rest);
+        Py_XDECREF(kept);
         return NULL;
     }
     self->fd = -1;
@@ -502,10 +505,12 @@ static PyObject *log_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->base.passes_cookie = 1;
     list_add(self);
     Py_XDECREF(rest);
+    Py_XDECREF(kept);
     return (PyObject *)self;
 error:
     Py_DECREF(self);
     Py_XDECREF(rest);
+    Py_XDECREF(kept);
     return NULL;
 }
 

@@ -852,7 +852,7 @@ static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static const char *const names[] = {"upstream", "initial_size", "maximum_size",
                                         NULL};
-    PyObject *own[3] = {NULL, NULL, NULL}, *rest = NULL;
+    PyObject *own[3] = {NULL, NULL, NULL}, *rest = NULL, *kept = NULL;
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
     size_t initial_size = 0, maximum_size = SIZE_MAX;
     int has_maximum = 0;
@@ -868,7 +868,7 @@ static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     own[0] = nargs == 1 ? PyTuple_GET_ITEM(args, 0) : NULL;
-    if (mm_adaptor_split_keywords(kwargs, names, own, &rest) < 0) {
+    if (mm_adaptor_split_keywords(kwargs, names, own, &rest, &kept) < 0) {
         return NULL;
     }
     if (own[0] == NULL) {
@@ -897,6 +897,7 @@ static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         goto error;
     }
     Py_CLEAR(rest);
+    Py_CLEAR(kept);
     size_t alignment = self->base.upstream_req.alignment;
     self->alignment = alignment > MM_DEFAULT_ALIGNMENT ? alignment : MM_DEFAULT_ALIGNMENT;
     self->align_shift = log2_floor(self->alignment);
@@ -922,6 +923,7 @@ static PyObject *pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 error:
     Py_XDECREF(rest);
+    Py_XDECREF(kept);
     return NULL;
 }
 

@@ -354,6 +354,24 @@ static int refuse_state(StatisticsObject *self, const char *doing)
     return -1;
 }
 
+/* The context variable holds a scope that was never entered only when
+ * code that found the variable stored it there.  Taking such a scope as
+ * the parent could make a scope its own ancestor (var.set(s); s.__enter__()),
+ * and every walk of the chain endless: RuntimeError.  So a scope's parent
+ * was always entered before it, and no chain has a cycle. */
+static int refuse_unentered_parent(PyObject *parent)
+{
+    if (parent != NULL && (SCOPE(parent)->state == SCOPE_NEW ||
+                           SCOPE(parent)->state == SCOPE_ENTERING)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot enter this statistics scope: the context "
+                        "variable holds a scope that was never entered (other "
+                        "code set it)");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *scope_enter(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     StatisticsObject *self = SCOPE(op);
@@ -373,7 +391,7 @@ static PyObject *scope_enter(PyObject *op, PyObject *Py_UNUSED(unused))
     /* The context calls allocate, so a collection may run finalizers
      * between them: `entering` keeps them from entering or exiting self. */
     self->state = SCOPE_ENTERING;
-    if (current_scope(st, &parent) < 0 ||
+    if (current_scope(st, &parent) < 0 || refuse_unentered_parent(parent) < 0 ||
         (token = PyContextVar_Set(st->statistics_var, op)) == NULL) {
         Py_XDECREF(parent);
         self->state = SCOPE_NEW;

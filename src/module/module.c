@@ -81,6 +81,22 @@ static PyObject *adaptor_entry(PyObject *result, PyObject *key, size_t blocks)
     return entry;
 }
 
+/* The registry as it is now: an untracked copy, which holds its names
+ * and allocators.  Walking it, the allocations made for the result may
+ * start a collection, whose finalizers may register other allocators
+ * under those names and drop the registry's last reference to one. */
+static PyObject *registry_snapshot(mm_state *st)
+{
+    if (st->allocators == NULL) {
+        return PyDict_New();
+    }
+    PyObject *copy = PyDict_Copy(st->allocators);
+    if (copy != NULL) {
+        PyObject_GC_UnTrack(copy);
+    }
+    return copy;
+}
+
 /* An adaptor's entry also says what it holds from its upstream (a Pool's
  * chunks, a Limit's blocks): two keys more, which the total leaves out,
  * as it counts each buffer once. */
@@ -88,7 +104,11 @@ static int add_upstream_use(mm_state *st, PyObject *result)
 {
     PyObject *key, *value;
     Py_ssize_t pos = 0;
-    while (st->allocators != NULL && PyDict_Next(st->allocators, &pos, &key, &value)) {
+    PyObject *registry = registry_snapshot(st);
+    if (registry == NULL) {
+        return -1;
+    }
+    while (PyDict_Next(registry, &pos, &key, &value)) {
         AllocatorObject *alloc = (AllocatorObject *)value;
         if (alloc->upstream == NULL) {
             continue;
@@ -98,6 +118,7 @@ static int add_upstream_use(mm_state *st, PyObject *result)
         PyObject *entry = adaptor_entry(result, key, held);
         if (entry == NULL) {
             if (PyErr_Occurred()) {
+                Py_DECREF(registry);
                 return -1;
             }
             continue;
@@ -111,9 +132,11 @@ static int add_upstream_use(mm_state *st, PyObject *result)
         Py_XDECREF(blocks);
         Py_XDECREF(bytes);
         if (rc < 0) {
+            Py_DECREF(registry);
             return -1;
         }
     }
+    Py_DECREF(registry);
     return 0;
 }
 
@@ -224,12 +247,14 @@ static PyObject *mm_adaptors(PyObject *module, PyObject *Py_UNUSED(a))
 {
     mm_state *st = module_state(module);
     PyObject *result = PyList_New(0);
+    PyObject *registry = result != NULL ? registry_snapshot(st) : NULL;
     PyObject *key, *value;
     Py_ssize_t pos = 0;
-    if (result == NULL || st->allocators == NULL) {
-        return result;
+    if (registry == NULL) {
+        Py_XDECREF(result);
+        return NULL;
     }
-    while (PyDict_Next(st->allocators, &pos, &key, &value)) {
+    while (PyDict_Next(registry, &pos, &key, &value)) {
         AllocatorObject *alloc = (AllocatorObject *)value;
         if (alloc->upstream == NULL) {
             continue;
@@ -238,11 +263,13 @@ static PyObject *mm_adaptors(PyObject *module, PyObject *Py_UNUSED(a))
                                       alloc->upstream->name, alloc->keeper);
         if (row == NULL || PyList_Append(result, row) < 0) {
             Py_XDECREF(row);
+            Py_DECREF(registry);
             Py_DECREF(result);
             return NULL;
         }
         Py_DECREF(row);
     }
+    Py_DECREF(registry);
     return result;
 }
 
