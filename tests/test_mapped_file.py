@@ -612,3 +612,11 @@ def test_w_plus_keeps_no_old_bytes(tmp_path):
     path.write_bytes(b"\xff" * 100)
     buf = Buffer(50, 1, allocator="MappedFile", path=str(path), mode="w+")
     assert bytes(buf[:]) == bytes(50)
+
+
+def test_a_failed_w_plus_leaves_the_file_as_it_was(tmp_path):
+    path = tmp_path / "keep.bin"
+    path.write_bytes(b"keep me")
+    with pytest.raises((OSError, ValueError, MemoryError)):
+        Buffer(16, 1, allocator="MappedFile", path=str(path), mode="w+", offset=2 ** 62)
+    assert path.read_bytes() == b"keep me"

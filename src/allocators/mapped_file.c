@@ -310,7 +310,10 @@ static int open_file(const char *path, const mm_request *req, uint64_t end,
         if (find_mapped(info.st_dev, info.st_ino) != NULL) {
             return MAP_IN_USE;
         }
-        if (ftruncate(file->fd, 0) != 0 || ftruncate(file->fd, (off_t)end) != 0) {
+        /* The size first: a size the file system refuses (EFBIG) leaves
+         * the file as it was.  Then every byte 0, as a fresh file's. */
+        if (ftruncate(file->fd, (off_t)end) != 0 || ftruncate(file->fd, 0) != 0 ||
+            ftruncate(file->fd, (off_t)end) != 0) {
             return MAP_ERRNO;
         }
         file->file_size = (off_t)end;
