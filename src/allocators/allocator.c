@@ -480,6 +480,18 @@ static int raise_no_memory(AllocatorObject *alloc, size_t size)
     return -1;
 }
 
+/* ValueError for an allocator that can only adopt memory (Borrowed). */
+static int refuse_consume_only(AllocatorObject *alloc)
+{
+    if (!alloc->consume_only) {
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError,
+                 "Allocator %U can only adopt memory: use Buffer.consume()",
+                 alloc->name);
+    return -1;
+}
+
 /* Any kind, guard bytes included. */
 static MM_NOINLINE int alloc_block_general(AllocatorObject *alloc,
                                            const mm_request *req, size_t size,
@@ -490,13 +502,8 @@ static MM_NOINLINE int alloc_block_general(AllocatorObject *alloc,
     int zero = (init_byte == 0);
     int zero_here = 0;
 
-    if (alloc->consume_only) {
-        PyErr_Format(PyExc_ValueError,
-                     "Allocator %U can only adopt memory: use Buffer.consume()",
-                     alloc->name);
-        return -1;
-    }
-    if ((alloc->device_hooks != NULL && prepare_device(alloc) < 0) ||
+    if (refuse_consume_only(alloc) < 0 ||
+        (alloc->device_hooks != NULL && prepare_device(alloc) < 0) ||
         (alloc->guarded && guard_sizes(alloc, req, size, &front, &total) < 0)) {
         return -1;
     }
@@ -625,13 +632,8 @@ void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block)
 int mm_allocator_take_block(AllocatorObject *alloc, const mm_request *req,
                             size_t size, int zero, mm_raw *out)
 {
-    if (alloc->consume_only) {
-        PyErr_Format(PyExc_ValueError,
-                     "Allocator %U can only adopt memory: use Buffer.consume()",
-                     alloc->name);
-        return -1;
-    }
-    if ((alloc->device_hooks != NULL && prepare_device(alloc) < 0) ||
+    if (refuse_consume_only(alloc) < 0 ||
+        (alloc->device_hooks != NULL && prepare_device(alloc) < 0) ||
         alloc->ops->allocate(alloc, req, size, zero, out) < 0) {
         return -1;
     }
