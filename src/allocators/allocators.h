@@ -208,6 +208,13 @@ int mm_allocator_register_kind(mm_state *st, const char *name,
  * such object, ValueError when it is too small. */
 int mm_shm_map_existing(PyObject *name, int readonly, Py_ssize_t item_size,
                         Py_ssize_t *num_items, mm_block *out);
+/* mapped_file.c: the table of files this process maps, which MappedFile's
+ * mode 'w+' refuses to truncate.  SharedMemory counts its mappings there
+ * too (a /dev/shm object is a file that path= can name): note after the
+ * mmap, with the descriptor still open (0, or -1 with errno), forget
+ * after the munmap (any thread, no Python). */
+int mm_mapped_files_note(int fd, dev_t *device, ino_t *inode);
+void mm_mapped_files_forget(dev_t device, ino_t inode);
 /* The SharedMemory allocator (borrowed), or NULL with an exception. */
 AllocatorObject *mm_shm_allocator(mm_state *st);
 /* The name of a SharedMemory block (a new str), None for other kinds. */

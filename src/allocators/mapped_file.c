@@ -44,6 +44,8 @@
  * (the live mappings are counted per file, by device and inode, in a
  * table under its own lock, taken from the open to the mmap).  Were it
  * truncated, touching the old buffer past the new end would be a SIGBUS.
+ * SharedMemory's mappings (created or attached) are in the table too: a
+ * /dev/shm object is a file path= can name.
  * Inherent: another process, or Python's own open(path, "w"), may still
  * truncate a mapped file, as with the mmap module and numpy.memmap; that
  * SIGBUS no library can turn into an exception.
@@ -144,6 +146,29 @@ static void forget_mapping(dev_t device, ino_t inode)
         *entry = mapped_files[--mapped_count];
     }
     pthread_mutex_unlock(&mapped_lock);
+}
+
+int mm_mapped_files_note(int fd, dev_t *device, ino_t *inode)
+{
+    struct stat info;
+    if (fstat(fd, &info) != 0) {
+        return -1;
+    }
+    pthread_mutex_lock(&mapped_lock);
+    int rc = count_mapping(info.st_dev, info.st_ino);
+    pthread_mutex_unlock(&mapped_lock);
+    if (rc < 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    *device = info.st_dev;
+    *inode = info.st_ino;
+    return 0;
+}
+
+void mm_mapped_files_forget(dev_t device, ino_t inode)
+{
+    forget_mapping(device, inode);
 }
 
 /* ------------------------------------------------------------------ */

@@ -57,6 +57,9 @@
 typedef struct {
     mm_shm_link link;      /* creators: listed in shm_tracker.c; else unlisted */
     int slash_added;       /* buf.name is posix_name without its '/' */
+    int noted;             /* the mapping is in mapped_file.c's table */
+    dev_t device;          /* the object, as the table knows it */
+    ino_t inode;
     char posix_name[];     /* as given to shm_open: "/..." */
 } shm_cookie;
 
@@ -97,6 +100,7 @@ static shm_cookie *cookie_for_name(PyObject *name)
     memset(&cookie->link, 0, sizeof(cookie->link));
     cookie->link.posix_name = cookie->posix_name;
     cookie->slash_added = slash_added;
+    cookie->noted = 0;
     cookie->posix_name[0] = '/';
     memcpy(cookie->posix_name + 1, rest, rest_length);
     cookie->posix_name[rest_length + 1] = '\0';
@@ -262,7 +266,7 @@ static int reserve_pages(int fd, size_t size)
  * if it names one and reserves the pages; -1 with errno, or with OSError
  * set (*raised) when the binding failed. */
 static char *map_new_object(AllocatorObject *self, const mm_request *req,
-                            int fd, size_t size, int *raised)
+                            int fd, size_t size, shm_cookie *cookie, int *raised)
 {
     size_t length = mm_round_to_pages(size);
     *raised = 0;
@@ -273,6 +277,15 @@ static char *map_new_object(AllocatorObject *self, const mm_request *req,
     if (map == MAP_FAILED) {
         return MAP_FAILED;
     }
+    /* Noted before the pages are reserved: MappedFile's 'w+' on the
+     * object's /dev/shm path must not truncate it under this mapping. */
+    if (mm_mapped_files_note(fd, &cookie->device, &cookie->inode) < 0) {
+        int saved = errno;
+        munmap(map, length);
+        errno = saved;
+        return MAP_FAILED;
+    }
+    cookie->noted = 1;
     if (req->numa_node >= 0 && mm_numa_bind(self, map, length, req->numa_node) < 0) {
         *raised = 1;
     }
@@ -281,6 +294,8 @@ static char *map_new_object(AllocatorObject *self, const mm_request *req,
     }
     int saved = errno;
     munmap(map, length);
+    mm_mapped_files_forget(cookie->device, cookie->inode);
+    cookie->noted = 0;
     errno = saved;
     return MAP_FAILED;
 }
@@ -297,7 +312,7 @@ static int shm_allocate(AllocatorObject *self, const mm_request *req,
     if (fd < 0) {
         return -1;
     }
-    char *map = map_new_object(self, req, fd, size, &raised);
+    char *map = map_new_object(self, req, fd, size, cookie, &raised);
     if (map == MAP_FAILED) {
         int saved = errno;
         close(fd);
@@ -322,6 +337,9 @@ static void shm_release(AllocatorObject *Py_UNUSED(self), char *base,
 {
     shm_cookie *cookie = cookie_ptr;
     mm_unmap(base, size);
+    if (cookie != NULL && cookie->noted) {
+        mm_mapped_files_forget(cookie->device, cookie->inode);
+    }
     if (cookie != NULL) {
         mm_shm_tracker_forget(&cookie->link);   /* unlinks, for the creator */
         free(cookie);
@@ -404,6 +422,13 @@ static int map_cookie(shm_cookie *cookie, int readonly, Py_ssize_t item_size,
         close(fd);
         return -1;
     }
+    if (mm_mapped_files_note(fd, &cookie->device, &cookie->inode) < 0) {
+        raise_for_name(cookie);
+        munmap(map, mm_round_to_pages(nbytes));
+        close(fd);
+        return -1;
+    }
+    cookie->noted = 1;
     close(fd);
     *out = (mm_block){map, nbytes, cookie, 0};
     return 0;
