@@ -98,3 +98,62 @@ def test_an_attached_shared_memory_buffer_alone_is_protected():
             os.unlink(link)
         print("ok")
     """)
+
+
+# ---------------------------------------------------------------------------
+# Tried and held.
+# ---------------------------------------------------------------------------
+
+def test_keyword_name_cache_tells_equal_names_apart_from_the_same_ones():
+    """The cache matches a new kwnames tuple by the identity of its strs:
+    equal strs made at run time, str subclasses and a name that is an
+    allocator option in one call and a constructor option in none mix
+    freely, each call answered by its own names."""
+    class Name(str):
+        def __hash__(self):
+            return str.__hash__(self)
+
+    made = "".join(["alloc", "ator"])
+    for _ in range(3):
+        with Buffer(8, 1, **{made: "PyAlloc", "init_value": 5}) as buf:
+            assert buf.allocator == "PyAlloc" and bytes(buf) == b"\x05" * 8
+        with Buffer(8, 1, **{Name("allocator"): "CMalloc", "init_value": 6}) as buf:
+            assert buf.allocator == "CMalloc" and bytes(buf) == b"\x06" * 8
+        with pytest.raises(TypeError):          # now an unknown option of PyAlloc's
+            Buffer(8, 1, **{"".join(["alloc", "atorx"]): "PyAlloc"})
+        with Buffer(8, 1, allocator="PyAlloc", init_value=7) as buf:
+            assert bytes(buf) == b"\x07" * 8
+
+
+def test_fork_while_another_thread_maps_a_file(tmp_path):
+    """The table's lock is taken around fork(): a child forked while a
+    thread holds it (from the open to the mmap) can map files itself."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"q" * (1 << 20))
+    child_ok(f"""
+        import os, threading
+        from memmanager import Buffer
+        stop = False
+        def mapper():
+            while not stop:
+                Buffer(1 << 20, 1, allocator="MappedFile", path={str(data)!r}).release()
+        t = threading.Thread(target=mapper)
+        t.start()
+        try:
+            for i in range(20):
+                pid = os.fork()
+                if pid == 0:
+                    code = 3
+                    try:
+                        Buffer(16, 1, allocator="MappedFile",
+                               path={str(tmp_path)!r} + f"/c{{i}}", mode="w+").release()
+                        code = 0
+                    finally:
+                        os._exit(code)
+                _, status = os.waitpid(pid, 0)
+                assert status == 0, status
+        finally:
+            stop = True
+            t.join()
+        print("ok")
+    """, timeout=60)
