@@ -16,23 +16,33 @@ SCRIPT = """
 import gc, io
 import memmanager
 from memmanager.tour import Tour, introduction
-from memmanager.tour.allocators import allocators
+from memmanager.tour.{module} import {module}
 gc.collect()
 before = memmanager.stats()["total"]["live_buffers"]
 out = io.StringIO()
 tour = Tour(out)
 introduction(tour)
-allocators(tour)
+{module}(tour)
 gc.collect()
 print(out.getvalue())
+{after}
 print("LIVE", memmanager.stats()["total"]["live_buffers"] - before)
 """
 
 
-def test_allocator_section_runs_and_cleans_up():
+def run_section(module, after=""):
+    """Runs the tour's introduction and the section of that module in a
+    child interpreter (without MEMMANAGER_DEBUG); its CompletedProcess.
+    `after` is source run once the section is done, before the count of
+    live buffers that ends the output."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          timeout=120, env=env, check=True)
+    env.pop("MEMMANAGER_DEBUG", None)
+    return subprocess.run([sys.executable, "-c", SCRIPT.format(module=module, after=after)],
+                          capture_output=True, text=True, timeout=120, env=env, check=True)
+
+
+def test_allocator_section_runs_and_cleans_up():
+    done = run_section("allocators")
     text = done.stdout
     for name in ("Aligned", "Mmap", "SharedMemory", "CtypesArena"):
         assert name in text

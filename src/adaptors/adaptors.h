@@ -98,11 +98,6 @@ int mm_adaptor_check(mm_state *st, PyObject *obj);
 /* register_allocator(name, adaptor); the new Allocator object. */
 PyObject *mm_adaptor_register(mm_state *st, PyObject *name, PyObject *adaptor);
 
-/* limit.c: LimitExceededError with the numbers (the exception class is
- * st->LimitExceededError). */
-int mm_limit_raise_exceeded(AllocatorObject *alloc, size_t size,
-                            size_t used, size_t max_bytes);
-
 /* replay.c: _replay(path, allocator) of the module (METH_FASTCALL |
  * METH_KEYWORDS): (events, allocations, frees, seconds, peak_bytes,
  * unfreed, unfreed_bytes), which memmanager.replay() names. */

@@ -40,8 +40,9 @@ static size_t load_used(LimitObject *self)
 /* The kind                                                            */
 /* ------------------------------------------------------------------ */
 
-int mm_limit_raise_exceeded(AllocatorObject *alloc, size_t size,
-                            size_t used, size_t max_bytes)
+/* LimitExceededError with the numbers. */
+static int raise_exceeded(AllocatorObject *alloc, size_t size, size_t used,
+                          size_t max_bytes)
 {
     mm_state *st = mm_state_from_type(Py_TYPE(alloc));
     if (st == NULL) {
@@ -59,7 +60,7 @@ static int reserve(AllocatorObject *alloc, LimitObject *self, size_t size)
     size_t used = load_used(self);
     do {
         if (size > self->max_bytes - used) {
-            return mm_limit_raise_exceeded(alloc, size, used, self->max_bytes);
+            return raise_exceeded(alloc, size, used, self->max_bytes);
         }
     } while (!__atomic_compare_exchange_n(&self->used, &used, used + size, 1,
                                           __ATOMIC_RELAXED, __ATOMIC_RELAXED));
