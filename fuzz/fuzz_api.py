@@ -56,6 +56,7 @@ MAX_POOL = 8               # live buffers kept at once
 MAX_EXPORTS = 8            # live exports kept at once
 MAX_OPS = 48               # operations per input
 MAX_PLUGINS = 48           # plug-in allocators registered per process
+MAX_LOG_BYTES = 1 << 16    # a log longer than this is no longer replayed
 
 PID = os.getpid()
 SHM_PREFIXES = ("mm_%d_" % PID, "mmfz_%d_" % PID)
@@ -669,9 +670,19 @@ class Fuzz:
         elif kind == "Log":
             adaptor.flush()
             if self.flag():
-                memmanager.replay(adaptor.path, allocator=self.allocator_name())
+                self.replay(adaptor)
         repr(adaptor)
         memmanager.report()
+
+    def replay(self, log):
+        """Replay a log unless it has grown long: the files outlive the input
+        (the adaptors are process-wide) and a replay through the Log that
+        writes the file doubles it, so replaying every time, one input came
+        to take minutes.  Replay's cost is linear in the log by design."""
+        if os.path.getsize(log.path) > MAX_LOG_BYTES:
+            self.note("  (log %s is %d bytes: not replayed)" % (log.path, os.path.getsize(log.path)))
+            return
+        memmanager.replay(log.path, allocator=self.allocator_name())
 
     def op_statistics(self):
         if self.scopes and self.flag():
