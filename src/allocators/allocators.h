@@ -252,6 +252,12 @@ static inline int mm_allocator_parse_options(AllocatorObject *alloc, PyObject *o
 }
 int mm_allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
                           size_t size, int init_byte, mm_block *out);
+/* The same without tracemalloc, for memory someone else traces (NumPy's
+ * arrays, in NumPy's domain: interop/numpy_handler.c); freed with
+ * mm_allocator_free_untraced. */
+int mm_allocator_alloc_untraced(AllocatorObject *alloc, const mm_request *req,
+                                size_t size, int init_byte, mm_block *out);
+void mm_allocator_free_untraced(AllocatorObject *alloc, mm_block *block);
 int mm_allocator_consume_block(AllocatorObject *alloc, PyObject *source,
                             size_t size, PyObject *options, mm_block *out);
 void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block);

@@ -436,9 +436,39 @@ static void stats_sub(region_stats *s, uint64_t nbytes)
     s->live_bytes -= nbytes;
 }
 
+static void stats_add_array(region_stats *s, uint64_t nbytes)
+{
+    s->live_arrays++;
+    s->live_array_bytes += nbytes;
+    s->array_allocations++;
+    s->array_allocated_bytes += nbytes;
+}
+
+static void stats_sub_array(region_stats *s, uint64_t nbytes)
+{
+    s->live_arrays--;
+    s->live_array_bytes -= nbytes;
+}
+
 /* ------------------------------------------------------------------ */
 /* Public operations                                                   */
 /* ------------------------------------------------------------------ */
+
+void mm_region_registry_count_array(int stats_slot, size_t nbytes)
+{
+    int locked = lock_registry();
+    stats_add_array(&stats_slots[stats_slot].stats, nbytes);
+    stats_add_array(&stats_total, nbytes);
+    unlock_registry(locked);
+}
+
+void mm_region_registry_uncount_array(int stats_slot, size_t nbytes)
+{
+    int locked = lock_registry();
+    stats_sub_array(&stats_slots[stats_slot].stats, nbytes);
+    stats_sub_array(&stats_total, nbytes);
+    unlock_registry(locked);
+}
 
 int mm_region_registry_insert(region_node *node, uintptr_t start, uintptr_t end,
                            uint64_t owner_id, int stats_slot,
@@ -649,7 +679,8 @@ region_named_stats *mm_region_registry_stats(ptrdiff_t *count, region_stats *tot
         }
     }
     for (int i = 0; out != NULL && i < stats_slot_count; i++) {
-        if (stats_slots[i].stats.allocations == 0) {
+        if (stats_slots[i].stats.allocations == 0 &&
+            stats_slots[i].stats.array_allocations == 0) {
             continue;   /* registered but never used */
         }
         out[written].name = stats_slots[i].name;
