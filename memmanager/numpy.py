@@ -38,18 +38,15 @@ def _bind():
     if _bound:
         return
     try:
-        import numpy
+        import numpy  # noqa: F401  (its absence is the clearest error)
     except ImportError as error:
         raise ImportError("memmanager.numpy needs NumPy: pip install 'memmanager[numpy]'") from error
+    _core._numpy_bind()
     try:
-        from numpy._core import _multiarray_umath as multiarray   # NumPy 2
+        from numpy._core.multiarray import get_handler_name   # NumPy 2
     except ImportError:
-        from numpy.core import _multiarray_umath as multiarray    # NumPy 1.x
-    api = getattr(multiarray, "_ARRAY_API", None)
-    if api is None:
-        raise ImportError("memmanager.numpy: NumPy %s exports no C API table" % numpy.__version__)
-    _core._numpy_bind(api)
-    _get_handler_name = multiarray.get_handler_name
+        from numpy.core.multiarray import get_handler_name    # NumPy 1.x
+    _get_handler_name = get_handler_name
     _bound = True
 
 

@@ -60,7 +60,7 @@ PyObject *mm_buffer_dlpack(PyObject *self, PyObject *const *args,
 PyObject *mm_buffer_dlpack_device(PyObject *self, PyObject *unused);
 
 /* numpy_handler.c: the module's _numpy_* functions (memmanager.numpy). */
-PyObject *mm_numpy_bind(PyObject *module, PyObject *api);
+PyObject *mm_numpy_bind(PyObject *module, PyObject *unused);
 PyObject *mm_numpy_handler(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mm_numpy_set_handler(PyObject *module, PyObject *handler);
 PyObject *mm_numpy_get_handler(PyObject *module, PyObject *unused);

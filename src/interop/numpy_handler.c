@@ -394,7 +394,10 @@ static void *handler_realloc(void *ctx, void *ptr, size_t new_size)
         fresh = route_allocate(route, new_size, MM_INIT_UNINITIALISED);
         if (fresh != NULL) {
             memcpy(fresh, ptr, old_size < new_size ? old_size : new_size);
-            route_free(route, table_find((uintptr_t)ptr));   /* the table moved */
+            np_entry *moved = table_find((uintptr_t)ptr);   /* the table may have grown */
+            if (moved != NULL) {
+                route_free(route, moved);
+            }
         }
         route_decref(route);
     }
@@ -520,21 +523,45 @@ static PyObject *route_capsule_new(PyObject *module, AllocatorObject *alloc,
 /* The module's functions (module/module.c lists them)                 */
 /* ------------------------------------------------------------------ */
 
-/* _numpy_bind(api): api is NumPy's `_ARRAY_API` capsule. */
-PyObject *mm_numpy_bind(PyObject *Py_UNUSED(module), PyObject *api)
+/* NumPy's table of C functions, as every extension built on NumPy finds
+ * it (import_array): the `_ARRAY_API` capsule of its multiarray module. */
+static void **numpy_api_table(void)
+{
+    PyObject *multiarray = PyImport_ImportModule("numpy._core._multiarray_umath");
+    if (multiarray == NULL && PyErr_ExceptionMatches(PyExc_ImportError)) {
+        PyErr_Clear();   /* NumPy 1.x */
+        multiarray = PyImport_ImportModule("numpy.core._multiarray_umath");
+    }
+    if (multiarray == NULL) {
+        return NULL;
+    }
+    PyObject *api = PyObject_GetAttrString(multiarray, "_ARRAY_API");
+    Py_DECREF(multiarray);
+    if (api == NULL) {
+        return NULL;
+    }
+    void **functions = NULL;
+    if (!PyCapsule_CheckExact(api) || PyCapsule_GetName(api) != NULL) {
+        PyErr_SetString(PyExc_ImportError, "NumPy's _ARRAY_API is not its C API capsule");
+    }
+    else {
+        functions = PyCapsule_GetPointer(api, NULL);
+    }
+    Py_DECREF(api);
+    return functions;
+}
+
+/* _numpy_bind(): imports NumPy and finds its handler functions (once). */
+PyObject *mm_numpy_bind(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
 {
     if (numpy_set_handler != NULL) {
         Py_RETURN_NONE;
     }
-    if (!PyCapsule_CheckExact(api) || PyCapsule_GetName(api) != NULL) {
-        PyErr_SetString(PyExc_TypeError, "_numpy_bind() takes NumPy's _ARRAY_API capsule");
+    void **functions = numpy_api_table();
+    if (functions == NULL) {
         return NULL;
     }
-    void **table_of_functions = PyCapsule_GetPointer(api, NULL);
-    if (table_of_functions == NULL) {
-        return NULL;
-    }
-    np_feature_version_fn feature = (np_feature_version_fn)table_of_functions[NP_API_FEATURE_VERSION];
+    np_feature_version_fn feature = (np_feature_version_fn)functions[NP_API_FEATURE_VERSION];
     unsigned int version = feature();
     if (version < NP_FEATURE_VERSION_1_22) {
         PyErr_Format(PyExc_ImportError,
@@ -542,8 +569,8 @@ PyObject *mm_numpy_bind(PyObject *Py_UNUSED(module), PyObject *api)
                      "feature version 0x%x has no memory handlers)", version);
         return NULL;
     }
-    numpy_get_handler = (np_get_handler_fn)table_of_functions[NP_API_GET_HANDLER];
-    numpy_set_handler = (np_set_handler_fn)table_of_functions[NP_API_SET_HANDLER];
+    numpy_get_handler = (np_get_handler_fn)functions[NP_API_GET_HANDLER];
+    numpy_set_handler = (np_set_handler_fn)functions[NP_API_SET_HANDLER];
     Py_RETURN_NONE;
 }
 

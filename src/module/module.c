@@ -20,7 +20,7 @@
  *   _set_address_resolver(f) Python helper turning foreign pointers into ints
  *   _set_python_methods(t)   the Buffer methods written in Python
  *   _replay(path, allocator) a Log's file played (adaptors/replay.c)
- *   _numpy_bind(api), _numpy_handler(name, options), _numpy_set_handler(h),
+ *   _numpy_bind(), _numpy_handler(name, options), _numpy_set_handler(h),
  *   _numpy_get_handler(), _numpy_handler_allocator(h), _numpy_live_blocks()
  *                            NumPy's arrays through memmanager, for
  *                            memmanager.numpy (interop/numpy_handler.c)
@@ -383,8 +383,8 @@ static PyMethodDef module_methods[] = {
      "Register a plug-in allocator; returns its Allocator object."},
     {"_replay", (PyCFunction)(void (*)(void))mm_replay, METH_FASTCALL | METH_KEYWORDS,
      "_replay(path, allocator)\n--\n\nmemmanager.replay() without its ReplayResult."},
-    {"_numpy_bind", mm_numpy_bind, METH_O,
-     "_numpy_bind(api, /)\n--\n\nFind NumPy's handler functions in its _ARRAY_API capsule (once)."},
+    {"_numpy_bind", mm_numpy_bind, METH_NOARGS,
+     "_numpy_bind()\n--\n\nImport NumPy and find its handler functions in its C API table (once)."},
     {"_numpy_handler", (PyCFunction)(void (*)(void))mm_numpy_handler, METH_FASTCALL,
      "_numpy_handler(name, options, /)\n--\n\n"
      "A new NumPy memory handler ('mem_handler' capsule) allocating from name."},
