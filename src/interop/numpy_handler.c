@@ -32,7 +32,9 @@
  *   reference each, as a Buffer holds its scope).
  * - The handler functions run with the GIL (NumPy calls them with it; a
  *   caller without it gets it for the call).  The GIL is the table's lock,
- *   as it is the registry's until something needs more (DESIGN section 15).
+ *   as it is the registry's until something needs more (DESIGN section 15):
+ *   nothing that may let the GIL go (a large block's allocation, fill or
+ *   free) runs between a look at the table and the change it decides.
  *
  * Tracemalloc: the arrays are traced in NumPy's domain, by NumPy, as its
  * default handler's are; the allocators' own tracing (memmanager's
@@ -281,9 +283,6 @@ static void *route_allocate(np_route *route, size_t size, int init_byte)
                      alloc->name, size);
         return NULL;
     }
-    if (table_reserve() < 0) {
-        return NULL;
-    }
     if (mm_statistics_any_active() && st != NULL && st->statistics_var != NULL &&
         mm_statistics_prepare(st, alloc, &scope) < 0) {
         return NULL;
@@ -293,6 +292,13 @@ static void *route_allocate(np_route *route, size_t size, int init_byte)
     req.item_size = 1;
     req.init_byte = init_byte;
     if (mm_allocator_alloc_untraced(alloc, &req, size, init_byte, &block) < 0) {
+        Py_XDECREF(scope);
+        return NULL;
+    }
+    /* Room in the table only now: a large block's allocation lets the GIL
+     * go, and other threads may fill the room made before it. */
+    if (table_reserve() < 0) {
+        mm_allocator_free_untraced(alloc, &block);
         Py_XDECREF(scope);
         return NULL;
     }
