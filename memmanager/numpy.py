@@ -50,7 +50,7 @@ def _bind():
     _bound = True
 
 
-def handler(name, **options):
+def handler(name, /, **options):
     """A NumPy memory handler (a ``mem_handler`` capsule, NEP 49) that
     allocates from the allocator registered as ``name`` with ``options``.
 
@@ -65,7 +65,7 @@ def handler(name, **options):
     return _core._numpy_handler(name, options)
 
 
-def set_allocator(name, **options):
+def set_allocator(name, /, **options):
     """From now on, in the calling context, NumPy's arrays come from the
     allocator registered as ``name`` (``None``: NumPy's default handler
     again).  Arrays that exist keep the allocator that made them."""
@@ -104,7 +104,7 @@ class allocator:
 
     __slots__ = ("_handler", "_previous", "name")
 
-    def __init__(self, name, **options):
+    def __init__(self, name, /, **options):
         self._handler = handler(name, **options)
         self._previous = []
         self.name = name

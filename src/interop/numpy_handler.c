@@ -302,10 +302,8 @@ static void *route_allocate(np_route *route, size_t size, int init_byte)
         Py_XDECREF(scope);
         return NULL;
     }
-    if (alloc->uses_pymem) {
-        /* PyMem traced it in domain 0; NumPy traces it in its own. */
-        (void)PyTraceMalloc_Untrack(0, (uintptr_t)block.address);
-    }
+    /* PyMem traced a PyAlloc block in domain 0; NumPy traces it in its own. */
+    mm_pyalloc_untrace(alloc, &block);
     np_entry e = {(uintptr_t)block.address, route, block.cookie, size,
                   block.guard, scope};
     table_insert(&e);
