@@ -322,12 +322,21 @@ def test_stats_and_report_show_arrays_under_the_allocator_name():
         a = np.empty(1000, dtype=np.uint8)
     s = memmanager.stats()
     assert s[name]["live_arrays"] == 1 and s[name]["live_array_bytes"] == 1000
-    assert s[name]["live_buffers"] == 0          # arrays are not buffers
+    # Counted as blocks in the five counters, and apart in the array ones.
+    assert s[name]["live_buffers"] == 1 and s[name]["live_bytes"] == 1000
+    assert s[name]["allocations"] == 1 and s[name]["allocated_bytes"] == 1000
+    assert s[name]["peak_bytes"] == 1000
     assert s["total"]["live_arrays"] >= 1
+    assert memmanager.live_buffers() == [] or all(
+        row.allocator != name for row in memmanager.live_buffers())   # not buffers
+    memmanager._core._registry_check()
     text = memmanager.report()
+    del a
+    after = memmanager.stats()[name]
+    assert after["live_buffers"] == 0 and after["live_bytes"] == 0
+    assert after["live_arrays"] == 0 and after["array_allocations"] == 1
     row = [line for line in text.splitlines() if line.startswith(name)]
     assert any("1000" in line for line in row), text
-    del a
 
 
 def test_statistics_scope_counts_arrays():

@@ -436,8 +436,10 @@ static void stats_sub(region_stats *s, uint64_t nbytes)
     s->live_bytes -= nbytes;
 }
 
+/* An array counts as a block in the five counters, and apart. */
 static void stats_add_array(region_stats *s, uint64_t nbytes)
 {
+    stats_add(s, nbytes);
     s->live_arrays++;
     s->live_array_bytes += nbytes;
     s->array_allocations++;
@@ -446,6 +448,7 @@ static void stats_add_array(region_stats *s, uint64_t nbytes)
 
 static void stats_sub_array(region_stats *s, uint64_t nbytes)
 {
+    stats_sub(s, nbytes);
     s->live_arrays--;
     s->live_array_bytes -= nbytes;
 }
@@ -679,8 +682,7 @@ region_named_stats *mm_region_registry_stats(ptrdiff_t *count, region_stats *tot
         }
     }
     for (int i = 0; out != NULL && i < stats_slot_count; i++) {
-        if (stats_slots[i].stats.allocations == 0 &&
-            stats_slots[i].stats.array_allocations == 0) {
+        if (stats_slots[i].stats.allocations == 0) {
             continue;   /* registered but never used */
         }
         out[written].name = stats_slots[i].name;
@@ -827,7 +829,8 @@ ptrdiff_t mm_region_registry_check(const char **why)
         *why = "node count does not match the tree size";
         rc = -1;
     }
-    if (rc == 0 && (ptrdiff_t)stats_total.live_buffers != tree_size + shared_size) {
+    if (rc == 0 && (ptrdiff_t)(stats_total.live_buffers - stats_total.live_arrays) !=
+                   tree_size + shared_size) {
         *why = "total live_buffers does not match the tree size";
         rc = -1;
     }

@@ -63,7 +63,7 @@ typedef struct {
     uint64_t allocations;
     uint64_t allocated_bytes;
     /* NumPy arrays whose data the allocator holds (interop/numpy_handler.c):
-     * not buffers, so counted apart from the five above. */
+     * counted in the five above as blocks, and here apart. */
     uint64_t live_arrays;
     uint64_t live_array_bytes;
     uint64_t array_allocations;

@@ -47,19 +47,36 @@ static mm_state *module_state(PyObject *module)
 /* Module functions                                                    */
 /* ------------------------------------------------------------------ */
 
+/* The five counters of every entry; the array counters too for an entry
+ * that has held NumPy arrays (memmanager.numpy). */
 static PyObject *stats_dict(const region_stats *s)
 {
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
-                         "live_buffers", (unsigned long long)s->live_buffers,
-                         "live_bytes", (unsigned long long)s->live_bytes,
-                         "peak_bytes", (unsigned long long)s->peak_bytes,
-                         "allocations", (unsigned long long)s->allocations,
-                         "allocated_bytes", (unsigned long long)s->allocated_bytes,
-                         "live_arrays", (unsigned long long)s->live_arrays,
-                         "live_array_bytes", (unsigned long long)s->live_array_bytes,
-                         "array_allocations", (unsigned long long)s->array_allocations,
-                         "array_allocated_bytes",
-                         (unsigned long long)s->array_allocated_bytes);
+    PyObject *entry = Py_BuildValue(
+        "{s:K,s:K,s:K,s:K,s:K}",
+        "live_buffers", (unsigned long long)s->live_buffers,
+        "live_bytes", (unsigned long long)s->live_bytes,
+        "peak_bytes", (unsigned long long)s->peak_bytes,
+        "allocations", (unsigned long long)s->allocations,
+        "allocated_bytes", (unsigned long long)s->allocated_bytes);
+    if (entry == NULL || s->array_allocations == 0) {
+        return entry;
+    }
+    const struct { const char *key; uint64_t value; } arrays[] = {
+        {"live_arrays", s->live_arrays},
+        {"live_array_bytes", s->live_array_bytes},
+        {"array_allocations", s->array_allocations},
+        {"array_allocated_bytes", s->array_allocated_bytes},
+    };
+    for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++) {
+        PyObject *value = PyLong_FromUnsignedLongLong(arrays[i].value);
+        if (value == NULL || PyDict_SetItemString(entry, arrays[i].key, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(entry);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return entry;
 }
 
 static int set_stats_item(PyObject *result, const char *name, const region_stats *s)
