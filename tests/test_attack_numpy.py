@@ -138,6 +138,57 @@ def test_resize_of_an_array_resized_during_its_own_resize():
     assert rc == 0 and "ok" in out, out
 
 
+def test_concurrent_resizes_never_move_another_arrays_block():
+    """BROKE: realloc freed the old block through the allocator's general
+    path, which releases the GIL for a block of 1 MiB or more; until
+    NumPy stores the new address the array still points at the old one.
+    A second thread resizing the same array then, after a third had
+    mapped a new array at that address, moved the third thread's block:
+    its array read unmapped or foreign bytes ("bad" below), NumPy's free
+    of it was reported as foreign and a block leaked.  The old block is
+    now freed with the GIL kept.  (A race: a broken build may pass by
+    luck, a working one never fails.)"""
+    code = """
+        import threading, numpy as np, memmanager, memmanager.numpy as mn
+        h = mn.handler("SharedMemory")
+        memmanager._core._numpy_set_handler(h)
+        a = np.ones(16)
+        stop = threading.Event()
+        bad = []
+        def resizer(sizes):
+            for i in range(300):
+                try:
+                    a.resize(sizes[i % 2], refcheck=False)
+                except MemoryError:
+                    pass
+        def other(tag):
+            memmanager._core._numpy_set_handler(h)
+            while not stop.is_set():
+                x = np.full(300_000, tag, np.int64)
+                y = np.full(300_000, tag + 1, np.int64)
+                if not ((x == tag).all() and (y == tag + 1).all()):
+                    bad.append(tag)
+                del x, y
+        resizers = [threading.Thread(target=resizer, args=(s,))
+                    for s in ([300_000, 400_000], [350_000, 450_000])]
+        others = [threading.Thread(target=other, args=(t,)) for t in (7, 100)]
+        for t in resizers + others:
+            t.start()
+        for t in resizers:
+            t.join()
+        stop.set()
+        for t in others:
+            t.join()
+        assert not bad, bad
+        assert memmanager._core._numpy_live_blocks() == 1
+        del a
+        assert memmanager._core._numpy_live_blocks() == 0
+        print("ok")
+    """
+    rc, out = run_child(code, env={"MEMMANAGER_SHM_TRACKER": "1"}, timeout=300)
+    assert rc == 0 and "ok" in out and "did not allocate" not in out, out
+
+
 def test_a_path_like_is_read_once_when_the_handler_is_made(tmp_path):
     """BROKE: a MappedFile path given as an os.PathLike was kept, and
     MappedFile called its __fspath__ at every allocation, inside NumPy's:

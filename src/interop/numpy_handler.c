@@ -321,14 +321,34 @@ static void *route_allocate(np_route *route, size_t size, int init_byte)
     return block.address;
 }
 
+/* A block freed without releasing the GIL (mm_allocator_free_untraced
+ * releases it for large blocks), for realloc's old block: until NumPy
+ * stores the new address the array still points at the old one, and a
+ * thread resizing it meanwhile would find whichever block took that
+ * address in between (another array's) and move it away from its array. */
+static void free_keeping_gil(AllocatorObject *alloc, mm_block *block)
+{
+    size_t total = block->size;
+    if (block->guard > 0) {
+        mm_debug_check_guards(alloc, block);
+        total += block->guard + DEBUG_GUARD_BACK;
+    }
+    alloc->ops->release(alloc, block->address - block->guard, total, block->cookie);
+}
+
 /* Frees the block of *e, which route owns. */
-static void route_free(np_route *route, np_entry *e)
+static void route_free(np_route *route, np_entry *e, int keep_gil)
 {
     AllocatorObject *alloc = route->alloc;
     mm_block block = {(char *)e->address, e->size, e->cookie, e->guard};
     PyObject *scope = e->scope;
     table_remove(e);
-    mm_allocator_free_untraced(alloc, &block);
+    if (keep_gil) {
+        free_keeping_gil(alloc, &block);
+    }
+    else {
+        mm_allocator_free_untraced(alloc, &block);
+    }
     mm_region_registry_uncount_array(alloc->stats_slot, block.size);
     if (scope != NULL) {
         mm_statistics_count_block_free(scope, alloc->stats_slot, block.size);
@@ -411,7 +431,7 @@ static void *handler_realloc(void *ctx, void *ptr, size_t new_size)
              * address is another block's.  Nothing to copy: fail. */
             np_entry *moved = table_find((uintptr_t)ptr);
             if (moved == NULL || moved->serial != old_serial) {
-                route_free(route, table_find((uintptr_t)fresh));
+                route_free(route, table_find((uintptr_t)fresh), 0);
                 fresh = NULL;
                 PyErr_Format(PyExc_RuntimeError,
                              "memmanager: the array at %p was resized or freed "
@@ -419,7 +439,7 @@ static void *handler_realloc(void *ctx, void *ptr, size_t new_size)
             }
             else {
                 memcpy(fresh, ptr, old_size < new_size ? old_size : new_size);
-                route_free(route, moved);
+                route_free(route, moved, 1);
             }
         }
         route_decref(route);
@@ -441,7 +461,7 @@ static void handler_free(void *ctx, void *ptr, size_t Py_UNUSED(size))
         report_foreign("free", ptr);
     }
     else {
-        route_free(route, e);
+        route_free(route, e, 0);
     }
     gil_give(&gil);
 }
