@@ -269,8 +269,9 @@ static void report_foreign(const char *doing, void *ptr)
 }
 
 /* A new block of size bytes (init_byte 0: zeroed) recorded in the table
- * and counted; NULL with an exception, which NumPy chains to its own
- * MemoryError. */
+ * and counted; NULL with an exception, which NumPy replaces with its own
+ * MemoryError (NumPy 2.4 does not chain it: a Limit's LimitExceededError
+ * does not reach the user). */
 static void *route_allocate(np_route *route, size_t size, int init_byte)
 {
     AllocatorObject *alloc = route->alloc;
