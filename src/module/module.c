@@ -21,7 +21,8 @@
  *   _set_python_methods(t)   the Buffer methods written in Python
  *   _replay(path, allocator) a Log's file played (adaptors/replay.c)
  *   _numpy_bind(), _numpy_handler(name, options), _numpy_set_handler(h),
- *   _numpy_get_handler(), _numpy_handler_allocator(h), _numpy_live_blocks()
+ *   _numpy_get_handler(), _numpy_handler_allocator(h), _numpy_live_blocks(),
+ *   _numpy_stats()
  *                            NumPy's arrays through memmanager, for
  *                            memmanager.numpy (interop/numpy_handler.c)
  *   _cuda_probe(), _cuda_reset()  the CUDA loader (cuda/), for
@@ -47,36 +48,24 @@ static mm_state *module_state(PyObject *module)
 /* Module functions                                                    */
 /* ------------------------------------------------------------------ */
 
-/* The five counters of every entry; the array counters too for an entry
- * that has held NumPy arrays (memmanager.numpy). */
 static PyObject *stats_dict(const region_stats *s)
 {
-    PyObject *entry = Py_BuildValue(
-        "{s:K,s:K,s:K,s:K,s:K}",
-        "live_buffers", (unsigned long long)s->live_buffers,
-        "live_bytes", (unsigned long long)s->live_bytes,
-        "peak_bytes", (unsigned long long)s->peak_bytes,
-        "allocations", (unsigned long long)s->allocations,
-        "allocated_bytes", (unsigned long long)s->allocated_bytes);
-    if (entry == NULL || s->array_allocations == 0) {
-        return entry;
-    }
-    const struct { const char *key; uint64_t value; } arrays[] = {
-        {"live_arrays", s->live_arrays},
-        {"live_array_bytes", s->live_array_bytes},
-        {"array_allocations", s->array_allocations},
-        {"array_allocated_bytes", s->array_allocated_bytes},
-    };
-    for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++) {
-        PyObject *value = PyLong_FromUnsignedLongLong(arrays[i].value);
-        if (value == NULL || PyDict_SetItemString(entry, arrays[i].key, value) < 0) {
-            Py_XDECREF(value);
-            Py_DECREF(entry);
-            return NULL;
-        }
-        Py_DECREF(value);
-    }
-    return entry;
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}",
+                         "live_buffers", (unsigned long long)s->live_buffers,
+                         "live_bytes", (unsigned long long)s->live_bytes,
+                         "peak_bytes", (unsigned long long)s->peak_bytes,
+                         "allocations", (unsigned long long)s->allocations,
+                         "allocated_bytes", (unsigned long long)s->allocated_bytes);
+}
+
+static PyObject *array_stats_dict(const region_stats *s)
+{
+    return Py_BuildValue("{s:K,s:K,s:K,s:K}",
+                         "live_arrays", (unsigned long long)s->live_arrays,
+                         "live_array_bytes", (unsigned long long)s->live_array_bytes,
+                         "array_allocations", (unsigned long long)s->array_allocations,
+                         "array_allocated_bytes",
+                         (unsigned long long)s->array_allocated_bytes);
 }
 
 static int set_stats_item(PyObject *result, const char *name, const region_stats *s)
@@ -164,6 +153,41 @@ static int add_upstream_use(mm_state *st, PyObject *result)
     }
     Py_DECREF(registry);
     return 0;
+}
+
+/* _numpy_stats(): the array counters of each allocator that has held
+ * NumPy arrays, and their "total" (memmanager.numpy.stats()). */
+static PyObject *mm_numpy_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    region_stats total;
+    ptrdiff_t n;
+    region_named_stats *per_name = mm_region_registry_stats(&n, &total);
+    if (n < 0) {
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyDict_New();
+    PyObject *entry = result == NULL ? NULL : array_stats_dict(&total);
+    if (entry == NULL || PyDict_SetItemString(result, "total", entry) < 0) {
+        goto error;
+    }
+    Py_CLEAR(entry);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        if (per_name[i].stats.array_allocations == 0) {
+            continue;
+        }
+        entry = array_stats_dict(&per_name[i].stats);
+        if (entry == NULL || PyDict_SetItemString(result, per_name[i].name, entry) < 0) {
+            goto error;
+        }
+        Py_CLEAR(entry);
+    }
+    PyMem_RawFree(per_name);
+    return result;
+error:
+    Py_XDECREF(entry);
+    Py_XDECREF(result);
+    PyMem_RawFree(per_name);
+    return NULL;
 }
 
 static PyObject *mm_stats(PyObject *module, PyObject *Py_UNUSED(a))
@@ -413,6 +437,8 @@ static PyMethodDef module_methods[] = {
     {"_numpy_handler_allocator", mm_numpy_handler_allocator, METH_O,
      "_numpy_handler_allocator(handler, /)\n--\n\n"
      "The Allocator a memmanager handler allocates from; None for any other object."},
+    {"_numpy_stats", mm_numpy_stats, METH_NOARGS,
+     "_numpy_stats()\n--\n\nThe NumPy-array counters of each allocator that has held arrays."},
     {"_numpy_live_blocks", mm_numpy_live_blocks, METH_NOARGS,
      "_numpy_live_blocks()\n--\n\nHow many NumPy blocks memmanager's handlers hold now."},
     {"_release_pinned_at_exit", mm_release_pinned_at_exit, METH_NOARGS,

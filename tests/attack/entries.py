@@ -428,6 +428,8 @@ ENTRIES: List[Entry] = [
     E("core._numpy_get_handler", setup=lambda s: _current_handler(s)),
     E("core._numpy_handler_allocator", P("handler", ANY, _current_handler)),
     E("core._numpy_live_blocks"),
+    E("core._numpy_stats"),
+    E("np.stats"),
     E("mm.use", K("allocators", ITER, ["PyAlloc", "AttackPlug"]), K("devices", ITER, ["NVIDIA_GPU"]),
       K("views", ITER, ["numpy", "attackview"])),
     *[E("cuda." + name, cuda=True) for name in (
