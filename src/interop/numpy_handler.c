@@ -274,10 +274,24 @@ static void report_foreign(const char *doing, void *ptr)
  * and counted; NULL with an exception, which NumPy replaces with its own
  * MemoryError (NumPy 2.4 does not chain it: a Limit's LimitExceededError
  * does not reach the user). */
+/* Blocks below this go straight to a plain vtable allocator's functions
+ * (no hugepage advice below MM_HUGEPAGE_THRESHOLD; allocator.c releases
+ * the GIL only from 1 MiB on): the same calls the general path makes. */
+#define DIRECT_LIMIT ((size_t)1 << 20)
+
+/* Whether alloc's blocks of size go through its vtable directly, as
+ * allocator.c's own hot path (alloc_block_untraced) sends them: an
+ * unguarded C vtable, no device hooks, no hugepages=True. */
+static inline int direct_vtable(const np_route *route, size_t size)
+{
+    const AllocatorObject *alloc = route->alloc;
+    return size < DIRECT_LIMIT && alloc->ops == &mm_vtable_ops && !alloc->guarded &&
+           !alloc->consume_only && alloc->device_hooks == NULL && route->req.hugepages <= 0;
+}
+
 static void *route_allocate(np_route *route, size_t size, int init_byte)
 {
     AllocatorObject *alloc = route->alloc;
-    mm_state *st = PyModule_GetState(route->module);
     PyObject *scope = NULL;
     mm_block block;
     if (size == 0) {
@@ -288,17 +302,36 @@ static void *route_allocate(np_route *route, size_t size, int init_byte)
                      alloc->name, size);
         return NULL;
     }
-    if (mm_statistics_any_active() && st != NULL && st->statistics_var != NULL &&
-        mm_statistics_prepare(st, alloc, &scope) < 0) {
-        return NULL;
+    if (MM_UNLIKELY(mm_statistics_any_active())) {
+        mm_state *st = PyModule_GetState(route->module);
+        if (st != NULL && st->statistics_var != NULL &&
+            mm_statistics_prepare(st, alloc, &scope) < 0) {
+            return NULL;
+        }
     }
-    mm_request req = route->req;
-    req.num_items = (Py_ssize_t)size;
-    req.item_size = 1;
-    req.init_byte = init_byte;
-    if (mm_allocator_alloc_untraced(alloc, &req, size, init_byte, &block) < 0) {
-        Py_XDECREF(scope);
-        return NULL;
+    if (direct_vtable(route, size)) {
+        const MemManagerAllocator *vt = alloc->vtable;
+        block.address = init_byte == 0 ? vt->calloc(vt->ctx, size, 1)
+                                       : vt->malloc(vt->ctx, size);
+        block.size = size;
+        block.cookie = NULL;
+        block.guard = 0;
+        if (MM_UNLIKELY(block.address == NULL)) {
+            Py_XDECREF(scope);
+            PyErr_Format(PyExc_MemoryError, "Allocator %U could not allocate %zu bytes",
+                         alloc->name, size);
+            return NULL;
+        }
+    }
+    else {
+        mm_request req = route->req;
+        req.num_items = (Py_ssize_t)size;
+        req.item_size = 1;
+        req.init_byte = init_byte;
+        if (mm_allocator_alloc_untraced(alloc, &req, size, init_byte, &block) < 0) {
+            Py_XDECREF(scope);
+            return NULL;
+        }
     }
     /* Room in the table only now: the allocation may run Python code (a
      * SharedMemory's first block starts its tracker) or release the GIL
@@ -352,9 +385,24 @@ typedef struct {
     PyGILState_STATE state;
 } gil_hold;
 
+/* Whether this thread holds the GIL.  From 3.12 the current thread state
+ * is a thread-local, set exactly while this thread holds the GIL (is
+ * attached, in a free-threaded build): one load, where PyGILState_Check
+ * also looks up this thread's PyGILState state (about 50 instructions,
+ * twice per array).  Before 3.12 the current thread state is the GIL
+ * holder's, whichever thread asks, so PyGILState_Check it is. */
+static inline int holds_gil(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return mm_thread_state_unchecked() != NULL;
+#else
+    return PyGILState_Check();
+#endif
+}
+
 static inline void gil_take(gil_hold *g)
 {
-    g->taken = !PyGILState_Check();
+    g->taken = !holds_gil();
     if (MM_UNLIKELY(g->taken)) {
         g->state = PyGILState_Ensure();
     }
