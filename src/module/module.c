@@ -68,15 +68,45 @@ static PyObject *array_stats_dict(const region_stats *s)
                          (unsigned long long)s->array_allocated_bytes);
 }
 
-static int set_stats_item(PyObject *result, const char *name, const region_stats *s)
+typedef PyObject *(*stats_entry_fn)(const region_stats *s);
+
+/* result[name] = entry_of(s); 0 or -1. */
+static int set_stats_item(PyObject *result, const char *name, const region_stats *s,
+                          stats_entry_fn entry_of)
 {
-    PyObject *entry = stats_dict(s);
+    PyObject *entry = entry_of(s);
     if (entry == NULL) {
         return -1;
     }
     int rc = PyDict_SetItemString(result, name, entry);
     Py_DECREF(entry);
     return rc;
+}
+
+/* {"total": entry_of(the total), name: entry_of(its counters), ...} for
+ * every allocator name used; with arrays_only, only those that have held
+ * NumPy arrays. */
+static PyObject *counters_by_name(stats_entry_fn entry_of, int arrays_only)
+{
+    region_stats total;
+    ptrdiff_t n;
+    region_named_stats *per_name = mm_region_registry_stats(&n, &total);
+    if (n < 0) {
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyDict_New();
+    int rc = result == NULL ? -1 : set_stats_item(result, "total", &total, entry_of);
+    for (ptrdiff_t i = 0; rc == 0 && i < n; i++) {
+        if (!arrays_only || per_name[i].stats.array_allocations > 0) {
+            rc = set_stats_item(result, per_name[i].name, &per_name[i].stats, entry_of);
+        }
+    }
+    PyMem_RawFree(per_name);
+    if (rc < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    return result;
 }
 
 /* The entry of an adaptor, made (with zero buffers) for one that holds
@@ -159,63 +189,16 @@ static int add_upstream_use(mm_state *st, PyObject *result)
  * NumPy arrays, and their "total" (memmanager.numpy.stats()). */
 static PyObject *mm_numpy_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
 {
-    region_stats total;
-    ptrdiff_t n;
-    region_named_stats *per_name = mm_region_registry_stats(&n, &total);
-    if (n < 0) {
-        return PyErr_NoMemory();
-    }
-    PyObject *result = PyDict_New();
-    PyObject *entry = result == NULL ? NULL : array_stats_dict(&total);
-    if (entry == NULL || PyDict_SetItemString(result, "total", entry) < 0) {
-        goto error;
-    }
-    Py_CLEAR(entry);
-    for (ptrdiff_t i = 0; i < n; i++) {
-        if (per_name[i].stats.array_allocations == 0) {
-            continue;
-        }
-        entry = array_stats_dict(&per_name[i].stats);
-        if (entry == NULL || PyDict_SetItemString(result, per_name[i].name, entry) < 0) {
-            goto error;
-        }
-        Py_CLEAR(entry);
-    }
-    PyMem_RawFree(per_name);
-    return result;
-error:
-    Py_XDECREF(entry);
-    Py_XDECREF(result);
-    PyMem_RawFree(per_name);
-    return NULL;
+    return counters_by_name(array_stats_dict, 1);
 }
 
 static PyObject *mm_stats(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    region_stats total;
-    ptrdiff_t n;
-    region_named_stats *per_name = mm_region_registry_stats(&n, &total);
-    if (n < 0) {
-        return PyErr_NoMemory();
+    PyObject *result = counters_by_name(stats_dict, 0);
+    if (result != NULL && add_upstream_use(module_state(module), result) < 0) {
+        Py_CLEAR(result);
     }
-    PyObject *result = PyDict_New();
-    if (result == NULL || set_stats_item(result, "total", &total) < 0) {
-        goto error;
-    }
-    for (ptrdiff_t i = 0; i < n; i++) {
-        if (set_stats_item(result, per_name[i].name, &per_name[i].stats) < 0) {
-            goto error;
-        }
-    }
-    if (add_upstream_use(module_state(module), result) < 0) {
-        goto error;
-    }
-    PyMem_RawFree(per_name);
     return result;
-error:
-    PyMem_RawFree(per_name);
-    Py_XDECREF(result);
-    return NULL;
 }
 
 static PyObject *live_buffer_row(BufferObject *b)
