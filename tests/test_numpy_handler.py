@@ -600,6 +600,39 @@ def test_importing_memmanager_numpy_does_not_import_numpy():
     assert result.stdout.strip() == "False"
 
 
+def test_first_use_from_a_thread_imports_numpy_there():
+    result = run_python('''
+        import sys, threading, memmanager, memmanager.numpy as mnp
+        assert "numpy" not in sys.modules
+        seen = []
+        def worker():
+            mnp.set_allocator("CMalloc")           # imports and binds NumPy here
+            import numpy
+            seen.append((mnp.get_allocator(), mnp.allocator_of(numpy.ones(4))))
+        t = threading.Thread(target=worker)
+        t.start(); t.join()
+        import numpy
+        print(seen, mnp.get_allocator(), mnp.allocator_of(numpy.ones(4)))
+    ''')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[('CMalloc', 'CMalloc')] None None"
+
+
+def test_without_numpy_installed_the_error_says_what_to_install(tmp_path):
+    blocker = tmp_path / "numpy"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('no numpy here')")
+    result = run_python('''
+        import memmanager, memmanager.numpy as mnp
+        try:
+            mnp.set_allocator("CMalloc")
+        except ImportError as error:
+            print(error)
+    ''', PYTHONPATH=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "memmanager[numpy]" in result.stdout
+
+
 def test_debug_guards_catch_an_overrun_of_an_array():
     result = run_python("""
         import warnings, numpy as np, memmanager.numpy as mnp
