@@ -173,3 +173,166 @@ def test_every_kind_is_traced_once_in_numpys_domain(tmp_path):
                 assert domain not in traced_by_domain(n), (name, n)
     finally:
         tracemalloc.stop()
+
+
+# ---------------------------------------------------------------------------
+# C plug-ins that fail, and NumPy's zeros through calloc
+# ---------------------------------------------------------------------------
+
+def test_a_plugin_whose_malloc_fails_leaves_nothing_behind(flaky):
+    """Held: a NULL from the plug-in (the direct path below 1 MiB, the
+    general one above) is NumPy's MemoryError; nothing is counted, a Limit
+    over the plug-in gets its budget back, and a resize that fails keeps
+    the old block and its bytes."""
+    plugin = register(flaky.capsule(), "Flaky")
+    limit = Limit(plugin, 1 << 30)
+    over = register(limit)
+    for name in (plugin, over):
+        before = (array_stats(name), memmanager.stats().get(name), flaky.counters()["live_blocks"],
+                  _core._numpy_live_blocks())
+        with mn.allocator(name):
+            for n in (10, 1000, (1 << 20) + 1, 3 << 20):
+                flaky.succeed(0)
+                for make in (np.empty, np.zeros, np.ones):
+                    with pytest.raises(MemoryError):
+                        make(n, np.uint8)
+                flaky.succeed(-1)
+                a = np.full(n, 7, np.uint8)
+                flaky.succeed(0)
+                with pytest.raises(MemoryError):
+                    a.resize(n * 2, refcheck=False)
+                flaky.succeed(-1)
+                assert a.shape == (n,) and (a == 7).all()
+                assert limit.used == (n if name == over else 0)
+                del a
+        assert (array_stats(name), memmanager.stats().get(name), flaky.counters()["live_blocks"],
+                _core._numpy_live_blocks())[2:] == before[2:]
+        assert array_stats(name)["live_arrays"] == before[0]["live_arrays"]
+        assert limit.used == 0
+    assert flaky.counters()["failures"] > 0
+
+
+def test_numpy_zeros_reach_the_plugins_calloc(flaky):
+    """Held: numpy.zeros (and empty of object dtype) come from the
+    plug-in's calloc, at every size; numpy.empty from its malloc."""
+    name = register(flaky.capsule(), "Flaky")
+    with mn.allocator(name):
+        for n in (1, 4096, (1 << 20) + 1, 5 << 20):
+            c = flaky.counters()
+            z = np.zeros(n, np.uint8)
+            o = np.empty(n // 8 + 1, object)
+            after = flaky.counters()
+            assert after["callocs"] - c["callocs"] == 2 and after["mallocs"] == c["mallocs"], n
+            e = np.empty(n, np.uint8)
+            assert flaky.counters()["mallocs"] == after["mallocs"] + 1
+            assert flaky.counters()["callocs"] == after["callocs"]
+            assert not z.any() and all(x is None for x in o[:100])
+            del z, o, e
+    assert array_stats(name)["live_arrays"] == 0
+    assert flaky.counters()["live_blocks"] == 0 and flaky.counters()["live_bytes"] == 0
+
+
+# ---------------------------------------------------------------------------
+# The context manager shared by threads and tasks
+# ---------------------------------------------------------------------------
+
+def test_one_allocator_object_entered_by_two_threads():
+    """BROKE: allocator() kept the handlers its enters found on one list
+    per object, shared by every thread: thread A (which had chosen
+    Aligned) entered, thread B entered, A exited and got B's previous
+    handler (NumPy's default), B exited and got A's (Aligned).  Both
+    threads went on allocating from the wrong allocator.  A module-level
+    `with budget:` used by worker threads does exactly this."""
+    shared = mn.allocator("CMalloc")
+    got = {}
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        mn.set_allocator("Aligned")
+        with shared:
+            a_in.set()
+            b_in.wait(30)
+            got["A inside"] = mn.allocator_of(np.ones(10))
+        a_out.set()
+        got["A"] = mn.get_allocator(), mn.allocator_of(np.ones(10))
+
+    def second():
+        a_in.wait(30)
+        with shared:
+            b_in.set()
+            a_out.wait(30)
+            got["B inside"] = mn.allocator_of(np.ones(10))
+        got["B"] = mn.get_allocator(), mn.allocator_of(np.ones(10))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {"A inside": "CMalloc", "B inside": "CMalloc",
+                   "A": ("Aligned", "Aligned"), "B": (None, None)}
+
+
+def test_one_allocator_object_entered_by_two_asyncio_tasks():
+    """BROKE (as above): two tasks of one thread, each in its own context,
+    interleaving their `with shared:` blocks at an await, each got the
+    other's previous handler back."""
+    import asyncio
+
+    shared = mn.allocator("CMalloc")
+    res = {}
+
+    async def main():
+        entered, second_in = asyncio.Event(), asyncio.Event()
+
+        async def t1():
+            mn.set_allocator("Aligned")
+            with shared:
+                entered.set()
+                await second_in.wait()
+            res["t1"] = mn.get_allocator()
+
+        async def t2():
+            await entered.wait()
+            with shared:
+                second_in.set()
+                for _ in range(3):
+                    await asyncio.sleep(0)
+            res["t2"] = mn.get_allocator()
+
+        await asyncio.gather(t1(), t2())
+        res["main"] = mn.get_allocator()
+
+    asyncio.run(main())
+    assert res == {"t1": "Aligned", "t2": None, "main": None}
+
+
+def test_allocator_objects_nest_and_interleave_in_one_context():
+    """Held (and kept by the fix): in one context each exit puts back the
+    handler its own enter found, for nested, re-entered and interleaved
+    objects; an exit without an enter is refused; making many objects
+    leaves nothing behind in the context."""
+    import contextvars
+
+    a, b = mn.allocator("CMalloc"), mn.allocator("Aligned")
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)       # a's enter found the default
+    assert mn.get_allocator() is None
+    b.__exit__(None, None, None)       # b's found CMalloc
+    assert mn.get_allocator() == "CMalloc"
+    mn.set_allocator(None)
+    with a:
+        with b:
+            with a:
+                assert mn.get_allocator() == "CMalloc"
+            assert mn.get_allocator() == "Aligned"
+        assert mn.get_allocator() == "CMalloc"
+    assert mn.get_allocator() is None
+    with pytest.raises(RuntimeError):
+        b.__exit__(None, None, None)
+    size = len(contextvars.copy_context())
+    for _ in range(200):
+        with mn.allocator("CMalloc"):
+            pass
+    assert len(contextvars.copy_context()) <= size + 1
