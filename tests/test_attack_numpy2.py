@@ -336,3 +336,271 @@ def test_allocator_objects_nest_and_interleave_in_one_context():
         with mn.allocator("CMalloc"):
             pass
     assert len(contextvars.copy_context()) <= size + 1
+
+
+# ---------------------------------------------------------------------------
+# Held: GPU host memory, exit, finalizers, NumPy's reallocating functions
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["CudaHost", "CudaManaged"])
+def test_cuda_host_memory_under_the_fake_driver(fake_cuda, kind):
+    """Arrays from CudaHost / CudaManaged, directly and through a Pool,
+    go back to the driver; a refused driver allocation is NumPy's
+    MemoryError with nothing counted; arrays made before _cuda_reset()
+    (a new driver table) still free through the old one."""
+    live = "host_live" if kind == "CudaHost" else "managed_live"
+    base = fake_cuda.get(live)
+    pool = Pool(kind)
+    for name in (kind, register(pool)):
+        with mn.allocator(name):
+            a = np.ones(1000)
+            z = np.zeros(3 << 18)
+            a.resize(5000, refcheck=False)
+            assert (a[:1000] == 1).all() and not z.any()
+            fake_cuda.set("fail_next_host_alloc" if kind == "CudaHost" else "fail_next_managed_alloc", 1)
+            before = array_stats(name)["live_arrays"]
+            with pytest.raises(MemoryError):
+                np.ones(4 << 20)
+            assert array_stats(name)["live_arrays"] == before
+        del a, z
+    with mn.allocator(kind):
+        kept = np.full(100, 3.0)
+    memmanager._core._cuda_reset()
+    with mn.allocator(kind):
+        other = np.ones(100)
+    assert (kept == 3.0).all()
+    del kept, other
+    pool.release_free()
+    gc.collect()
+    assert fake_cuda.get(live) == base
+    assert fake_cuda.get("errors") == 0, fake_cuda.last_error()
+
+
+def test_a_log_records_every_array_freed_at_exit(tmp_path):
+    """Arrays NumPy frees during interpreter shutdown (globals, a cycle,
+    one made by a finalizer, one by an atexit hook) each have their free
+    line in the Log's file, with the size of their allocation."""
+    path = tmp_path / "arrays.log"
+    code = f"""
+        import atexit, numpy as np, memmanager, memmanager.numpy as mn
+        memmanager.register_allocator("P", memmanager.Pool("CMalloc"))
+        memmanager.register_allocator("L", memmanager.Log("P", {str(path)!r}))
+        mn.set_allocator("L")
+        keep = [np.ones(i * 100 + 1) for i in range(50)]
+        class Late:
+            def __del__(self):
+                global again
+                again = np.ones(777)
+        late = Late()
+        cycle = [np.zeros(99)]
+        cycle.append(cycle)
+        big = np.empty(3 << 20, np.uint8)
+        atexit.register(lambda: keep.append(np.ones(5)))
+        print("ok")
+    """
+    rc, out = run_child(code)
+    assert rc == 0 and "ok" in out, out
+    live = {}
+    events = 0
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        fields = line.split()
+        events += 1
+        if fields[3] == "a":
+            assert fields[5] not in live
+            live[fields[5]] = fields[4]
+        else:
+            assert live.pop(fields[5]) == fields[4], line
+    assert events > 100 and not live, live
+
+
+def test_object_array_items_that_allocate_and_switch_handlers_while_freed():
+    """An object array's items whose __del__ switches the handler, makes
+    and resizes arrays and collects, while the array is resized, copied
+    and freed: every block goes back to its own allocator, the counts and
+    the Limit come back to zero."""
+    pool = register(Pool("CMalloc"))
+    limit = Limit(pool, 1 << 28)
+    capped = register(limit)
+    kept = []
+
+    class Item:
+        def __del__(self):
+            previous = mn.get_allocator()
+            mn.set_allocator(capped)
+            kept.append([np.ones(i + 1) for i in range(20)])
+            grown = np.ones(10)
+            grown.resize(100_000, refcheck=False)
+            mn.set_allocator(previous)
+            gc.collect()
+
+    with mn.allocator(pool):
+        o = np.empty(300, dtype=object)
+        o[:] = [Item() for _ in range(300)]
+        o.resize(1000, refcheck=False)
+        copy = o[::2].copy()
+        structured = np.zeros(50, dtype=[("a", "i4"), ("b", "O"), ("c", "f8", (3,))])
+        structured["b"] = [Item() for _ in range(50)]
+    del o, copy, structured
+    gc.collect()
+    assert len(kept) == 350 and limit.used > 0
+    kept.clear()
+    gc.collect()
+    assert limit.used == 0
+    assert array_stats(capped)["live_arrays"] == 0 and array_stats(pool)["live_arrays"] == 0
+
+
+def test_numpys_reallocating_functions_under_limit_over_pool_over_aligned():
+    """fromiter without count, loadtxt and genfromtxt from a StringIO,
+    np.char, unique, ufunc.at, append, structured dtypes: all under a
+    Limit over a Pool over Aligned, which gets its budget back."""
+    pool = register(Pool("Aligned"))
+    limit = Limit(pool, 1 << 30)
+    name = register(limit)
+    np.unique(np.arange(10))   # NumPy caches two small arrays on first use
+    for _ in range(2):
+        with mn.allocator(name):
+            f = np.fromiter((i for i in range(100_000)), dtype=np.int64)
+            t = np.loadtxt(io.StringIO("\n".join("%d %d" % (i, i) for i in range(20_000))))
+            g = np.genfromtxt(io.StringIO("\n".join("%d,%d" % (i, i) for i in range(5000))),
+                              delimiter=",")
+            c = np.char.add(np.array(["a" * 10] * 1000), "bbbb")
+            u = np.unique(np.arange(10_000) % 37)
+            z = np.zeros(100)
+            np.add.at(z, np.arange(1000) % 100, 1.0)
+            ap = np.append(np.arange(10), np.arange(1000))
+            st = np.zeros(100, dtype=[("a", "i4"), ("b", "f8", (3,))])
+            st["b"] = 2.5
+        assert f.sum() == sum(range(100_000)) and t.shape == (20_000, 2) and g.shape == (5000, 2)
+        assert c[0] == "a" * 10 + "bbbb" and len(u) == 37 and (z == 10).all() and len(ap) == 1010
+        assert {mn.allocator_of(x) for x in (f, t, g, c, u, z, ap, st)} == {name}
+        assert limit.used == array_stats(name)["live_array_bytes"] > 0
+        del f, t, g, c, u, z, ap, st
+        gc.collect()
+        assert limit.used == 0 and array_stats(name)["live_arrays"] == 0
+
+
+def test_threads_share_a_limit_over_a_pool_over_aligned():
+    """Eight threads make, fill, check, resize and drop arrays through one
+    handler over Limit(Pool(Aligned)) with a small budget that refuses some
+    of them: no byte is another array's, and the budget ends at zero."""
+    pool = register(Pool("Aligned"))
+    limit = Limit(pool, 32 << 20)
+    name = register(limit)
+    h = mn.handler(name)
+    errors = []
+
+    def work(seed):
+        try:
+            _core._numpy_set_handler(h)
+            rng = np.random.default_rng(seed)
+            keep = []
+            for i in range(200):
+                n = int(rng.integers(1, 1 << int(rng.integers(1, 19))))
+                try:
+                    a = np.full(n, seed, np.uint8)
+                except MemoryError:
+                    continue
+                keep.append(a)
+                if len(keep) > 8:
+                    assert (keep.pop(0) == seed).all()
+                if i % 7 == 0:
+                    try:
+                        a.resize(n * 3, refcheck=False)
+                    except MemoryError:
+                        pass
+                    assert (a[:n] == seed).all()
+                    a[:] = seed
+            assert all((k == seed).all() for k in keep)
+            _core._numpy_set_handler(None)
+        except BaseException as error:   # reported below
+            errors.append(repr(error))
+
+    np.random.default_rng(0)   # NumPy's random module keeps one small array
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gc.collect()
+    assert not errors
+    assert limit.used == array_stats(name)["live_array_bytes"] <= 64
+
+
+def test_pickle_out_of_band_and_frombuffer_count_once():
+    """A protocol 5 pickle's out-of-band buffer and numpy.frombuffer over
+    a memmanager Buffer make arrays that own nothing: no block is made
+    for them and nothing is counted twice."""
+    name = register(Pool("CMalloc"))
+    with mn.allocator(name):
+        a = np.arange(1000.0)
+        arrays = array_stats(name)["live_arrays"]
+        buffers = []
+        data = pickle.dumps(a, protocol=5, buffer_callback=buffers.append)
+        b = pickle.loads(data, buffers=buffers)
+        assert np.shares_memory(a, b) and mn.allocator_of(b) is None
+        buf = Buffer(8000, 1, allocator=name)
+        before = memmanager.stats()[name]
+        f = np.frombuffer(buf, dtype=np.float64)
+        f[:] = 3.0
+        assert mn.allocator_of(f) is None
+        assert array_stats(name)["live_arrays"] == arrays
+        after = memmanager.stats()[name]
+        assert (after["live_buffers"], after["live_bytes"]) == (before["live_buffers"],
+                                                                before["live_bytes"])
+        assert after["live_bytes"] == 8000 + array_stats(name)["live_array_bytes"]
+    del a, b, f, buf, buffers
+    gc.collect()
+    assert array_stats(name)["live_arrays"] == 0
+
+
+def test_collections_inside_allocations_with_python_code_in_the_allocator():
+    """gc callbacks (which run inside any allocation of a tracked object,
+    and so inside SharedMemory's, which runs Python code) make, resize,
+    check and free arrays of the same handler while the main loop does:
+    the table stays whole.  (A callback must not switch the handler:
+    ContextVar.set nested inside ContextVar.set crashes CPython 3.11
+    itself, memmanager or not.)"""
+    code = """
+        import gc, random, numpy as np, memmanager, memmanager.numpy as mn
+        rnd = random.Random(1)
+        side, depth = [], [0]
+        def callback(phase, info):
+            if phase != "start" or depth[0]:
+                return
+            depth[0] += 1
+            try:
+                side.append(np.full(rnd.randrange(1, 5000), 3, np.uint8))
+                if len(side) > 5:
+                    assert (side.pop(rnd.randrange(len(side))) == 3).all()
+                if side and rnd.random() < .3:
+                    side[-1].resize(rnd.randrange(1, 9000), refcheck=False)
+                    side[-1][:] = 3
+            finally:
+                depth[0] -= 1
+        gc.callbacks.append(callback)
+        gc.set_threshold(1, 1, 1)
+        keep = []
+        with mn.allocator("SharedMemory"):
+            for i in range(100):
+                a = np.full(rnd.randrange(1, 3000), i % 200, np.uint8)
+                keep.append((a, i % 200))
+                if i % 3 == 0:
+                    try:
+                        a.resize(a.size * 2, refcheck=False)
+                        a[:] = i % 200
+                    except (MemoryError, RuntimeError):
+                        pass
+                if len(keep) > 10:
+                    x, v = keep.pop(0)
+                    assert (x == v).all()
+        gc.callbacks.remove(callback)
+        gc.set_threshold(700, 10, 10)
+        del keep, side, a, x
+        gc.collect()
+        assert memmanager._core._numpy_live_blocks() == 0, memmanager._core._numpy_live_blocks()
+        print("ok")
+    """
+    rc, out = run_child(code, timeout=300)
+    assert rc == 0 and "ok" in out, out
