@@ -604,3 +604,51 @@ def test_collections_inside_allocations_with_python_code_in_the_allocator():
     """
     rc, out = run_child(code, timeout=300)
     assert rc == 0 and "ok" in out, out
+
+
+def test_fork_while_another_thread_allocates_through_log_limit_pool(tmp_path):
+    """Held: children forked while a thread resizes arrays through
+    Log(Limit(Pool(CMalloc))) read the parent's arrays, free them and
+    make zeroed ones; the parent's budget and table end empty."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    code = f"""
+        import os, threading, warnings, numpy as np, memmanager, memmanager.numpy as mn
+        warnings.simplefilter("ignore", DeprecationWarning)   # fork with a thread
+        memmanager.register_allocator("P", memmanager.Pool("CMalloc"))
+        limit = memmanager.Limit("P", 1 << 28)
+        memmanager.register_allocator("L", limit)
+        memmanager.register_allocator("G", memmanager.Log("L", {str(tmp_path / "fork.log")!r}))
+        h = mn.handler("G")
+        stop = threading.Event()
+        def spin():
+            memmanager._core._numpy_set_handler(h)
+            while not stop.is_set():
+                a = np.ones(1000)
+                a.resize(20000, refcheck=False)
+                del a
+        t = threading.Thread(target=spin)
+        t.start()
+        mn.set_allocator("G")
+        arrays = [np.full(1000, i) for i in range(10)]
+        pids = []
+        for k in range(4):
+            pid = os.fork()
+            if pid == 0:
+                ok = all((a == i).all() for i, a in enumerate(arrays))
+                del arrays
+                z = [np.zeros(5000) for _ in range(20)]
+                ok = ok and not any(x.any() for x in z)
+                del z
+                os._exit(0 if ok and limit.used < 1 << 20 else 3)
+            pids.append(pid)
+        stop.set()
+        t.join()
+        codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+        del arrays
+        assert codes == [0] * 4, codes
+        assert limit.used == 0 and memmanager._core._numpy_live_blocks() == 0
+        print("ok")
+    """
+    rc, out = run_child(code)
+    assert rc == 0 and "ok" in out, out
