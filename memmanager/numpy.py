@@ -24,6 +24,8 @@ NumPy is imported the first time a function here is called, never
 before: ``import memmanager.numpy`` alone does not import it.
 """
 
+import contextvars as _contextvars
+
 from . import _core
 
 __all__ = ["allocator", "set_allocator", "get_allocator", "handler", "allocator_of", "stats"]
@@ -101,31 +103,43 @@ def stats():
     return _core._numpy_stats()
 
 
+# The allocator() objects entered in this context, innermost last, each
+# with the handler its enter found: where NumPy's handler lives, so that
+# threads and asyncio tasks sharing one object each get their own handler
+# back.  One variable for all objects: a context keeps no entry per object.
+_entered = _contextvars.ContextVar("memmanager.numpy.entered", default=())
+
+
 class allocator:
     """``with memmanager.numpy.allocator(name, **options):`` -- the arrays
     NumPy makes inside the block, in this context, come from ``name``.
 
     The handler is made (and the options checked) when the object is
     created, so ``with`` fails before the block if anything is wrong.  The
-    object may be entered again, and nested: each exit puts back the
-    handler its enter found.
+    object may be entered again, nested, and shared by threads and asyncio
+    tasks: each exit puts back the handler its enter found in that context.
     """
 
-    __slots__ = ("_handler", "_previous", "name")
+    __slots__ = ("_handler", "name")
 
     def __init__(self, name, /, **options):
         self._handler = handler(name, **options)
-        self._previous = []
         self.name = name
 
     def __enter__(self):
-        self._previous.append(_core._numpy_set_handler(self._handler))
+        previous = _core._numpy_set_handler(self._handler)
+        _entered.set(_entered.get() + ((self, previous),))
         return self
 
     def __exit__(self, *exc_info):
-        if not self._previous:
+        stack = _entered.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i][0] is self:
+                break
+        else:
             raise RuntimeError("memmanager.numpy.allocator exited more often than entered")
-        _core._numpy_set_handler(self._previous.pop())
+        _entered.set(stack[:i] + stack[i + 1:])
+        _core._numpy_set_handler(stack[i][1])
         return False
 
     def __repr__(self):

@@ -429,6 +429,8 @@ def test_tracemalloc_sees_each_array_once_in_numpys_domain():
                 for trace in tracemalloc.take_snapshot().traces._traces:
                     by_domain[trace[0]] = by_domain.get(trace[0], 0) + trace[1]
                 big = {d: n for d, n in by_domain.items() if n >= size * 2}
+                if name == pool_py:
+                    big.pop(0, None)   # its chunks, traced by PyMem (test_attack_numpy2)
                 assert big == {domain: size * 2} or (
                     size == 100 and by_domain.get(domain) == 200), (name, size, by_domain)
                 assert by_domain.get(memmanager.TRACEMALLOC_DOMAIN, 0) == 0, (name, by_domain)

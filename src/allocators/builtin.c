@@ -89,9 +89,20 @@ static void pyalloc_free(void *ctx, void *ptr, size_t size)
 
 void mm_pyalloc_untrace(AllocatorObject *alloc, const mm_block *block)
 {
-    if (alloc->uses_pymem && block->guard == 0) {
-        (void)PyTraceMalloc_Untrack(0, (uintptr_t)pyalloc_raw(block->address, block->size));
+    /* The PyMem block is PyAlloc's own only through adaptors that hand
+     * out their upstream's blocks (Limit, Log): a Pool's blocks are pieces
+     * of its chunks, which stay traced as chunks.  An adaptor's guard
+     * bytes (MEMMANAGER_DEBUG) are inside the PyMem block, before and
+     * after the array's bytes. */
+    AllocatorObject *owner = mm_allocator_block_owner(alloc);
+    if (owner->ops != &mm_vtable_ops || !owner->uses_pymem) {
+        return;
     }
+    size_t total = block->size;
+    if (block->guard > 0) {
+        total += block->guard + DEBUG_GUARD_BACK;
+    }
+    (void)PyTraceMalloc_Untrack(0, (uintptr_t)pyalloc_raw(block->address - block->guard, total));
 }
 
 
