@@ -47,6 +47,7 @@ else:
 
 import numpy as np
 
+import memmanager.numpy as mnp
 from memmanager import Buffer
 
 VERBOSE = "-v" in sys.argv
@@ -705,11 +706,38 @@ class Fuzz:
             self.note("buf.flush()")
             buf.flush()
 
+    def op_numpy(self):
+        """NumPy's own arrays through a memmanager handler: made, resized,
+        zeroed, kept past a change of handler, freed in any order."""
+        name = self.allocator_name()
+        options = self.options(name) if self.flag() else {}
+        self.note("memmanager.numpy.allocator(%r, **%r)" % (name, options))
+        chosen = mnp.allocator(name, **options)
+        with chosen:
+            for _ in range(self.small(4)):
+                n = self.fdp.ConsumeIntInRange(0, 1 << 16)
+                how = self.small(3)
+                if how == 0:
+                    array = np.empty(n, dtype=np.uint8)
+                elif how == 1:
+                    array = np.zeros(n, dtype=np.uint8)
+                    assert not array.any(), "numpy.zeros under %r is not zero" % name
+                elif how == 2:
+                    array = np.full(n, 7, dtype=np.uint8)
+                    array.resize(self.fdp.ConsumeIntInRange(0, 1 << 16), refcheck=False)
+                else:
+                    array = np.arange(n % 4096) * 2
+                self.exports.append(array)
+                if self.flag():
+                    self.side_action(self.small(4))
+        if len(self.exports) > MAX_EXPORTS:
+            del self.exports[: len(self.exports) - MAX_EXPORTS]
+
     OPS = ["op_new", "op_new", "op_consume", "op_consume", "op_region", "op_extract",
            "op_getitem", "op_setitem", "op_release", "op_drop", "op_end_export", "op_with",
            "op_view", "op_view", "op_pickle", "op_dlpack", "op_delayed", "op_register",
            "op_observe", "op_memoryview", "op_attach", "op_device", "op_adaptor",
-           "op_adaptor_call", "op_statistics", "op_flush"]
+           "op_adaptor_call", "op_statistics", "op_flush", "op_numpy"]
 
     def run(self):
         for _ in range(MAX_OPS):

@@ -95,7 +95,8 @@ def live_buffers() -> _List[LiveBuffer]:
 
 def report() -> str:
     """live_buffers() and stats() as a human-readable table (a str), then
-    the registered adaptors (Pool, Limit, Log) with their upstreams."""
+    the NumPy arrays allocated through memmanager.numpy, if any, and the
+    registered adaptors (Pool, Limit, Log) with their upstreams."""
     rows = live_buffers()
     counters = stats()
     width = max([9] + [len(row.allocator) for row in rows] + [len(name) for name in counters])
@@ -114,6 +115,17 @@ def report() -> str:
         lines.append("%-*s %12d %14d %14d %12d %16d" % (
             width, name, c["live_buffers"], c["live_bytes"], c["peak_bytes"],
             c["allocations"], c["allocated_bytes"]))
+    arrays = [name for name in counters if counters[name].get("array_allocations")]
+    if arrays:
+        lines.append("")
+        lines.append("%-*s %12s %16s %17s %21s" % (
+            width, "numpy", "live_arrays", "live_array_bytes", "array_allocations",
+            "array_allocated_bytes"))
+        for name in sorted(arrays, key=lambda n: (n == "total", n)):
+            c = counters[name]
+            lines.append("%-*s %12d %16d %17d %21d" % (
+                width, name, c["live_arrays"], c["live_array_bytes"],
+                c["array_allocations"], c["array_allocated_bytes"]))
     adaptors = _core._adaptors()
     if adaptors:
         lines.append("")

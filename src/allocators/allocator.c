@@ -540,14 +540,13 @@ static MM_NOINLINE int alloc_block_general(AllocatorObject *alloc,
     out->size = size;
     out->cookie = raw.cookie;
     out->guard = front;
-    mm_allocator_track(alloc, out);
     return 0;
 }
 
 /* The hot path is an unguarded vtable allocator (PyAlloc, CMalloc): its
  * functions are called directly, as small buffers cannot afford more. */
-int mm_allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
-                          size_t size, int init_byte, mm_block *out)
+static inline int alloc_block_untraced(AllocatorObject *alloc, const mm_request *req,
+                                       size_t size, int init_byte, mm_block *out)
 {
     if (alloc->ops != &mm_vtable_ops || alloc->guarded || alloc->consume_only ||
         alloc->device_hooks != NULL) {
@@ -570,8 +569,23 @@ int mm_allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
     out->size = size;
     out->cookie = NULL;
     out->guard = 0;
+    return 0;
+}
+
+int mm_allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
+                          size_t size, int init_byte, mm_block *out)
+{
+    if (alloc_block_untraced(alloc, req, size, init_byte, out) < 0) {
+        return -1;
+    }
     mm_allocator_track(alloc, out);
     return 0;
+}
+
+int mm_allocator_alloc_untraced(AllocatorObject *alloc, const mm_request *req,
+                                size_t size, int init_byte, mm_block *out)
+{
+    return alloc_block_untraced(alloc, req, size, init_byte, out);
 }
 
 int mm_allocator_consume_block(AllocatorObject *alloc, PyObject *source,
@@ -611,18 +625,28 @@ static MM_NOINLINE void free_block_general(AllocatorObject *alloc, mm_block *blo
     }
 }
 
-void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block)
+static inline void free_block_untraced(AllocatorObject *alloc, mm_block *block)
 {
-    if (is_traced(alloc)) {
-        (void)PyTraceMalloc_Untrack(MEMMANAGER_TRACEMALLOC_DOMAIN,
-                                    (uintptr_t)block->address);
-    }
     if (block->guard == 0 && alloc->ops == &mm_vtable_ops &&
         block->size < RELEASE_GIL_THRESHOLD) {   /* the hot path, direct */
         alloc->vtable->free(alloc->vtable->ctx, block->address, block->size);
         return;
     }
     free_block_general(alloc, block);
+}
+
+void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block)
+{
+    if (is_traced(alloc)) {
+        (void)PyTraceMalloc_Untrack(MEMMANAGER_TRACEMALLOC_DOMAIN,
+                                    (uintptr_t)block->address);
+    }
+    free_block_untraced(alloc, block);
+}
+
+void mm_allocator_free_untraced(AllocatorObject *alloc, mm_block *block)
+{
+    free_block_untraced(alloc, block);
 }
 
 /* ------------------------------------------------------------------ */

@@ -252,6 +252,15 @@ static inline int mm_allocator_parse_options(AllocatorObject *alloc, PyObject *o
 }
 int mm_allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
                           size_t size, int init_byte, mm_block *out);
+/* The same without tracemalloc, for memory someone else traces (NumPy's
+ * arrays, in NumPy's domain: interop/numpy_handler.c); freed with
+ * mm_allocator_free_untraced. */
+int mm_allocator_alloc_untraced(AllocatorObject *alloc, const mm_request *req,
+                                size_t size, int init_byte, mm_block *out);
+void mm_allocator_free_untraced(AllocatorObject *alloc, mm_block *block);
+/* builtin.c: a block of alloc that Python's tracemalloc traced in domain 0
+ * (a PyAlloc block: PyMem) is no longer traced there; nothing for others. */
+void mm_pyalloc_untrace(AllocatorObject *alloc, const mm_block *block);
 int mm_allocator_consume_block(AllocatorObject *alloc, PyObject *source,
                             size_t size, PyObject *options, mm_block *out);
 void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block);

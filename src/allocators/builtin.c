@@ -75,10 +75,23 @@ static void *pyalloc_calloc(void *ctx, size_t count, size_t size)
            ? NULL : pyalloc_align(PyMem_Calloc(total + MM_HUGEPAGE_SIZE, 1));
 }
 
+/* What PyMem handed out for a PyAlloc block of size bytes. */
+static void *pyalloc_raw(void *ptr, size_t size)
+{
+    return ptr != NULL && is_huge(size) ? ((void **)ptr)[-1] : ptr;
+}
+
 static void pyalloc_free(void *ctx, void *ptr, size_t size)
 {
     (void)ctx;
-    PyMem_Free(ptr != NULL && is_huge(size) ? ((void **)ptr)[-1] : ptr);
+    PyMem_Free(pyalloc_raw(ptr, size));
+}
+
+void mm_pyalloc_untrace(AllocatorObject *alloc, const mm_block *block)
+{
+    if (alloc->uses_pymem && block->guard == 0) {
+        (void)PyTraceMalloc_Untrack(0, (uintptr_t)pyalloc_raw(block->address, block->size));
+    }
 }
 
 

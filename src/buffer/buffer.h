@@ -249,6 +249,12 @@ void mm_statistics_count_allocation(BufferObject *self, PyObject *scope);
 /* At release (self->statistics != NULL): counts the free and drops the
  * reference, which may run a dealloc: call it last.  Never raises. */
 void mm_statistics_count_free(BufferObject *self);
+/* The same for a block that is not a buffer (a NumPy array's data,
+ * interop/numpy_handler.c): counts nbytes of the allocator of stats slot
+ * `slot` in scope's chain, whose reference (from prepare) the block keeps;
+ * at its free, counts the free and drops that reference (call it last). */
+void mm_statistics_count_block(PyObject *scope, int slot, uint64_t nbytes);
+void mm_statistics_count_block_free(PyObject *scope, int slot, uint64_t nbytes);
 /* The module's functions statistics() and _statistics_active_scopes(),
  * and its types Statistics and AllocatorStatistics (module/module.c). */
 PyObject *mm_statistics_new(PyObject *module, PyObject *unused);

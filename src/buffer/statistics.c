@@ -57,8 +57,9 @@
  * new -> entering -> active -> exiting -> exited; a failed enter goes back
  * to new, a refused exit back to active.
  *
- * What counts: a buffer whose memory it owns, while the scope is active in
- * the context that creates it; its free counts in each scope of its chain
+ * What counts: a buffer whose memory it owns, or a NumPy array allocated
+ * through memmanager (interop/numpy_handler.c; live_buffers counts both),
+ * while the scope is active in the context that creates it; its free counts in each scope of its chain
  * that is still active when it is released.  (A scope active at the free
  * was entered before the allocation and not exited since, so it counted
  * the allocation too: live_* never go below zero.)
@@ -257,12 +258,8 @@ static void add_free(scope_counts *c, uint64_t nbytes)
     c->live_bytes = c->live_bytes >= nbytes ? c->live_bytes - nbytes : 0;
 }
 
-void mm_statistics_count_allocation(BufferObject *self, PyObject *scope)
+void mm_statistics_count_block(PyObject *scope, int slot, uint64_t nbytes)
 {
-    uint64_t nbytes = (uint64_t)self->nbytes;
-    int slot = self->allocator->stats_slot;
-    assert(self->statistics == NULL);
-    self->statistics = scope;   /* the reference mm_statistics_prepare made */
     for (PyObject *op = scope; op != NULL; op = SCOPE(op)->parent) {
         StatisticsObject *s = SCOPE(op);
         if (s->state != SCOPE_ACTIVE) {
@@ -278,12 +275,8 @@ void mm_statistics_count_allocation(BufferObject *self, PyObject *scope)
     }
 }
 
-void mm_statistics_count_free(BufferObject *self)
+void mm_statistics_count_block_free(PyObject *scope, int slot, uint64_t nbytes)
 {
-    PyObject *scope = self->statistics;
-    uint64_t nbytes = (uint64_t)self->nbytes;
-    int slot = self->allocator != NULL ? self->allocator->stats_slot : -1;
-    self->statistics = NULL;
     for (PyObject *op = scope; op != NULL; op = SCOPE(op)->parent) {
         StatisticsObject *s = SCOPE(op);
         if (s->state != SCOPE_ACTIVE) {
@@ -298,6 +291,22 @@ void mm_statistics_count_free(BufferObject *self)
         SCOPE_UNLOCK();
     }
     Py_XDECREF(scope);   /* last: see the ownership rules */
+}
+
+void mm_statistics_count_allocation(BufferObject *self, PyObject *scope)
+{
+    assert(self->statistics == NULL);
+    self->statistics = scope;   /* the reference mm_statistics_prepare made */
+    mm_statistics_count_block(scope, self->allocator->stats_slot,
+                              (uint64_t)self->nbytes);
+}
+
+void mm_statistics_count_free(BufferObject *self)
+{
+    PyObject *scope = self->statistics;
+    int slot = self->allocator != NULL ? self->allocator->stats_slot : -1;
+    self->statistics = NULL;
+    mm_statistics_count_block_free(scope, slot, (uint64_t)self->nbytes);
 }
 
 /* ------------------------------------------------------------------ */

@@ -62,6 +62,12 @@ typedef struct {
     uint64_t peak_bytes;
     uint64_t allocations;
     uint64_t allocated_bytes;
+    /* NumPy arrays whose data the allocator holds (interop/numpy_handler.c):
+     * counted in the five above as blocks, and here apart. */
+    uint64_t live_arrays;
+    uint64_t live_array_bytes;
+    uint64_t array_allocations;
+    uint64_t array_allocated_bytes;
 } region_stats;
 
 /* One allocator name's counters, as mm_region_registry_stats() copies them.
@@ -115,6 +121,11 @@ int mm_region_registry_find_any_overlap(uintptr_t start, uintptr_t end,
  * created on first use; the table grows with the names (memory is the
  * only limit).  -1 when out of memory. */
 int mm_region_registry_stats_slot(const char *name, size_t length);
+
+/* A NumPy array's data block of nbytes, allocated or freed by the
+ * allocator of stats_slot: counted in its array counters and the total's. */
+void mm_region_registry_count_array(int stats_slot, size_t nbytes);
+void mm_region_registry_uncount_array(int stats_slot, size_t nbytes);
 
 /* Copies the counters of every slot that has been used into a
  * PyMem_RawMalloc'd array (caller frees), its length in *count; NULL with

@@ -9,6 +9,8 @@
  *                  rules, capsules, deleters that run in the capsule's
  *                  interpreter); Buffer.__dlpack__
  *   dlpack_abi.h   our declarations of the DLPack structs (the only ones)
+ *   numpy_handler.c  NumPy's own arrays through memmanager: NumPy memory
+ *                  handlers (NEP 49) over registered allocators
  *
  * Layer: interop.  May call buffer/, allocators/ and core/.
  */
@@ -56,5 +58,13 @@ PyObject *mm_dlpack_capsule_new(const mm_dlpack_source *src, int versioned);
 PyObject *mm_buffer_dlpack(PyObject *self, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames);
 PyObject *mm_buffer_dlpack_device(PyObject *self, PyObject *unused);
+
+/* numpy_handler.c: the module's _numpy_* functions (memmanager.numpy). */
+PyObject *mm_numpy_bind(PyObject *module, PyObject *unused);
+PyObject *mm_numpy_handler(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mm_numpy_set_handler(PyObject *module, PyObject *handler);
+PyObject *mm_numpy_get_handler(PyObject *module, PyObject *unused);
+PyObject *mm_numpy_handler_allocator(PyObject *module, PyObject *capsule);
+PyObject *mm_numpy_live_blocks(PyObject *module, PyObject *unused);
 
 #endif /* MEMMANAGER_INTEROP_H */

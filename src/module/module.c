@@ -20,6 +20,10 @@
  *   _set_address_resolver(f) Python helper turning foreign pointers into ints
  *   _set_python_methods(t)   the Buffer methods written in Python
  *   _replay(path, allocator) a Log's file played (adaptors/replay.c)
+ *   _numpy_bind(), _numpy_handler(name, options), _numpy_set_handler(h),
+ *   _numpy_get_handler(), _numpy_handler_allocator(h), _numpy_live_blocks()
+ *                            NumPy's arrays through memmanager, for
+ *                            memmanager.numpy (interop/numpy_handler.c)
  *   _cuda_probe(), _cuda_reset()  the CUDA loader (cuda/), for
  *                            memmanager.cuda and the tests
  *
@@ -43,14 +47,36 @@ static mm_state *module_state(PyObject *module)
 /* Module functions                                                    */
 /* ------------------------------------------------------------------ */
 
+/* The five counters of every entry; the array counters too for an entry
+ * that has held NumPy arrays (memmanager.numpy). */
 static PyObject *stats_dict(const region_stats *s)
 {
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}",
-                         "live_buffers", (unsigned long long)s->live_buffers,
-                         "live_bytes", (unsigned long long)s->live_bytes,
-                         "peak_bytes", (unsigned long long)s->peak_bytes,
-                         "allocations", (unsigned long long)s->allocations,
-                         "allocated_bytes", (unsigned long long)s->allocated_bytes);
+    PyObject *entry = Py_BuildValue(
+        "{s:K,s:K,s:K,s:K,s:K}",
+        "live_buffers", (unsigned long long)s->live_buffers,
+        "live_bytes", (unsigned long long)s->live_bytes,
+        "peak_bytes", (unsigned long long)s->peak_bytes,
+        "allocations", (unsigned long long)s->allocations,
+        "allocated_bytes", (unsigned long long)s->allocated_bytes);
+    if (entry == NULL || s->array_allocations == 0) {
+        return entry;
+    }
+    const struct { const char *key; uint64_t value; } arrays[] = {
+        {"live_arrays", s->live_arrays},
+        {"live_array_bytes", s->live_array_bytes},
+        {"array_allocations", s->array_allocations},
+        {"array_allocated_bytes", s->array_allocated_bytes},
+    };
+    for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++) {
+        PyObject *value = PyLong_FromUnsignedLongLong(arrays[i].value);
+        if (value == NULL || PyDict_SetItemString(entry, arrays[i].key, value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(entry);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return entry;
 }
 
 static int set_stats_item(PyObject *result, const char *name, const region_stats *s)
@@ -374,6 +400,21 @@ static PyMethodDef module_methods[] = {
      "Register a plug-in allocator; returns its Allocator object."},
     {"_replay", (PyCFunction)(void (*)(void))mm_replay, METH_FASTCALL | METH_KEYWORDS,
      "_replay(path, allocator)\n--\n\nmemmanager.replay() without its ReplayResult."},
+    {"_numpy_bind", mm_numpy_bind, METH_NOARGS,
+     "_numpy_bind()\n--\n\nImport NumPy and find its handler functions in its C API table (once)."},
+    {"_numpy_handler", (PyCFunction)(void (*)(void))mm_numpy_handler, METH_FASTCALL,
+     "_numpy_handler(name, options, /)\n--\n\n"
+     "A new NumPy memory handler ('mem_handler' capsule) allocating from name."},
+    {"_numpy_set_handler", mm_numpy_set_handler, METH_O,
+     "_numpy_set_handler(handler, /)\n--\n\n"
+     "PyDataMem_SetHandler(handler) (None: NumPy's default); returns the previous one."},
+    {"_numpy_get_handler", mm_numpy_get_handler, METH_NOARGS,
+     "_numpy_get_handler()\n--\n\nPyDataMem_GetHandler(): this context's NumPy handler."},
+    {"_numpy_handler_allocator", mm_numpy_handler_allocator, METH_O,
+     "_numpy_handler_allocator(handler, /)\n--\n\n"
+     "The Allocator a memmanager handler allocates from; None for any other object."},
+    {"_numpy_live_blocks", mm_numpy_live_blocks, METH_NOARGS,
+     "_numpy_live_blocks()\n--\n\nHow many NumPy blocks memmanager's handlers hold now."},
     {"_release_pinned_at_exit", mm_release_pinned_at_exit, METH_NOARGS,
      "_release_pinned_at_exit()\n--\n\nRelease every pinned buffer (atexit)."},
     {"_shm_unlink_at_exit", mm_shm_unlink_at_exit, METH_NOARGS,
