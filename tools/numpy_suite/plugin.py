@@ -21,8 +21,8 @@ and fails the session when it did not:
 - before and after each test, NumPy's current handler must be the one
   installed (a test that leaves another one behind is named);
 - at the end, a fresh array must still come from the handler, and
-  memmanager.stats() of the allocator must count more array allocations
-  (its "array_allocations" entry) than at the start.
+  memmanager.numpy.stats() of the allocator must count more array
+  allocations (its "array_allocations" entry) than at the start.
 
 Under pytest-xdist each worker installs the allocator and checks itself;
 the controller gathers the workers' checks.  MEMMANAGER_NUMPY_SUITE_OUT,
@@ -77,17 +77,23 @@ def _import_memmanager_numpy():
 
 
 def _array_allocations(allocator):
-    """The allocator's array count in memmanager.stats(), or a message
-    saying why there is none."""
+    """The allocator's count of NumPy arrays (memmanager.numpy.stats(), or
+    memmanager.stats() in builds that kept it there), or a message saying
+    why there is none."""
     import memmanager
-    entry = memmanager.stats().get(allocator)
+    import memmanager.numpy as mm_numpy
+    if hasattr(mm_numpy, "stats"):
+        where, table = "memmanager.numpy.stats()", mm_numpy.stats()
+    else:
+        where, table = "memmanager.stats()", memmanager.stats()
+    entry = table.get(allocator)
     if entry is None:
-        return 0, None  # not used yet: stats() lists only allocators used
+        return 0, None  # not used yet: only allocators used are listed
     if "array_allocations" not in entry:
         return None, (
-            f"memmanager.stats()[{allocator!r}] has no 'array_allocations' "
-            f"key (keys: {sorted(entry)}): the core does not count NumPy's "
-            "arrays yet, so the suite cannot show they came from it")
+            f"{where}[{allocator!r}] has no 'array_allocations' key "
+            f"(keys: {sorted(entry)}): the core does not count NumPy's "
+            "arrays, so the suite cannot show they came from it")
     return entry["array_allocations"], None
 
 
@@ -151,8 +157,8 @@ class SuiteState:
                 problems.append(missing)
             elif self.tests_checked and end_count <= (self.start_count or 0):
                 problems.append(
-                    f"memmanager.stats()[{self.allocator!r}]"
-                    f"['array_allocations'] is {end_count}, no more than the "
+                    f"the array_allocations of {self.allocator!r} are "
+                    f"{end_count}, no more than the "
                     f"{self.start_count} at the start: the tests' arrays did "
                     "not come from it")
         # Read after the count, so that it does not add to it.
@@ -285,8 +291,10 @@ class SuitePlugin:
             checks = [check]
         else:
             checks = self.worker_checks
-        ok = bool(checks) and all(c["ok"] for c in checks
-                                  if not c.get("crashed"))
+        # A crashed worker's tests show as failures (xdist replaces it);
+        # every worker that finished must have passed its check.
+        finished = [c for c in checks if not c.get("crashed")]
+        ok = bool(finished) and all(c["ok"] for c in finished)
         if not checks:
             checks = [{"ok": False, "problems": ["no worker reported a check"]}]
         self.final = {"ok": ok, "checks": checks}

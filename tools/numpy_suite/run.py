@@ -245,6 +245,10 @@ def main(argv=None):
     if unknown or not modes or modes[0] != "default":
         p.error(f"--modes: default first, then any of {', '.join(MODES[1:])}")
     args.root = numpy_root(args.python)
+    if args.workers and subprocess.call(
+            [args.python, "-c", "import xdist"], stderr=subprocess.DEVNULL):
+        p.error(f"-n {args.workers} needs pytest-xdist in {args.python} "
+                "(make numpy-suite installs it), or -n 0")
     os.makedirs(args.out, exist_ok=True)
     out = os.path.abspath(args.out)
 
