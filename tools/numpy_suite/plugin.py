@@ -9,7 +9,9 @@ MEMMANAGER_NUMPY_SUITE chooses the mode:
     default   nothing installed: NumPy's own handler (the baseline)
     aligned   memmanager.numpy.set_allocator("Aligned", alignment=4096)
     pool      a Pool over CMalloc, registered as "SuitePool", then
-              memmanager.numpy.set_allocator("SuitePool")
+              memmanager.numpy.set_allocator("SuitePool"); between tests
+              its idle chunks go back when they pass 1 GiB (see
+              release_idle_pool)
     cmalloc   memmanager.numpy.set_allocator("CMalloc")
 
 The allocator is installed in pytest_configure: after NumPy's conftest has
@@ -44,6 +46,7 @@ ENV_OUT = "MEMMANAGER_NUMPY_SUITE_OUT"
 ENV_SELECT = "MEMMANAGER_NUMPY_SUITE_SELECT"
 NUMPY_DEFAULT = "default_allocator"
 POOL_NAME = "SuitePool"
+POOL_IDLE_LIMIT = 1 << 30   # idle bytes a Pool may keep between two tests
 
 # mode -> (allocator name, set_allocator options, what the header says)
 MODES = {
@@ -112,14 +115,16 @@ class SuiteState:
         self.changed_by = []      # when the handler was another one
         self.tests_checked = 0
         self.check = None         # filled at session end
+        self.pool = None          # the Pool, in mode "pool"
+        self.pool_released = 0    # bytes given back between tests
 
     def install(self):
         if self.allocator is not None:
             mm_numpy = _import_memmanager_numpy()
             if self.mode == "pool":
                 import memmanager
-                memmanager.register_allocator(POOL_NAME,
-                                              memmanager.Pool("CMalloc"))
+                self.pool = memmanager.Pool("CMalloc")
+                memmanager.register_allocator(POOL_NAME, self.pool)
             mm_numpy.set_allocator(self.allocator, **self.options)
         name = _handler_name()
         if name != self.expected:
@@ -127,6 +132,17 @@ class SuiteState:
                              f"expected {self.expected!r}")
         if self.allocator is not None:
             self.start_count, _ = _array_allocations(self.allocator)
+
+    def release_idle_pool(self):
+        """After a test, give the Pool's idle chunks back to CMalloc when
+        they come to more than POOL_IDLE_LIMIT.  A Pool keeps what it took
+        (that is its job), and NumPy's tests of huge arrays decide to run
+        or skip from the memory the machine has free: without this, a test
+        that allocated 18 GB leaves it held, the next huge test is skipped,
+        and one that needs 16 GB of Python objects is killed for memory."""
+        if self.pool is not None and \
+                self.pool.held_bytes - self.pool.used_bytes > POOL_IDLE_LIMIT:
+            self.pool_released += self.pool.release_free()
 
     def check_handler(self, when, count=False):
         self.tests_checked += count
@@ -173,6 +189,7 @@ class SuiteState:
             "handler_at_end": name, "tests_checked": self.tests_checked,
             "array_allocations_start": self.start_count,
             "array_allocations_end": end_count,
+            "pool_released_bytes": self.pool_released,
             "ok": not problems, "problems": problems,
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
         }
@@ -253,6 +270,7 @@ class SuitePlugin:
         yield
         if self.state is not None:
             self.state.check_handler(f"after {item.nodeid}", count=True)
+            self.state.release_idle_pool()
 
     def pytest_runtest_logreport(self, report):
         if _is_worker(self.config):

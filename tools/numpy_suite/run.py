@@ -189,8 +189,11 @@ def compare(args, out, mode, base, results, extra=()):
         for i in range(args.reruns):
             for m, col in (("default", 0), (mode, 1)):
                 tag = f"rerun-{mode}-{i + 1}-{m}"
+                # One xdist worker: a test that crashes the interpreter (or
+                # is killed for memory) is reported, and the others still run.
                 data, _, rc, log = run_pytest(
-                    args, m, out, tag, files, select=select, extra=extra)
+                    args, m, out, tag, files, select=select,
+                    workers=1 if args.workers else 0, extra=extra)
                 problem = run_problem(data, rc, log)
                 if problem and (data is None or not data["check"]["ok"]):
                     print(f"numpy-suite: {tag}: FAILED: {problem}")
@@ -270,11 +273,15 @@ def main(argv=None):
             entry["problem"] = problem
             failed = True
         else:
-            check = data["check"]["checks"]
-            arrays = [c.get("array_allocations_end") for c in check]
-            arrays = (f"; arrays from the allocator: "
-                      f"{sum(a - (c['array_allocations_start'] or 0) for a, c in zip(arrays, check))}"
-                      if None not in arrays else "")
+            check = [c for c in data["check"]["checks"]
+                     if c.get("array_allocations_end") is not None]
+            arrays = sum(c["array_allocations_end"]
+                         - (c["array_allocations_start"] or 0) for c in check)
+            arrays = f"; arrays from the allocator: {arrays:,}" if check else ""
+            crashed = sum(1 for c in data["check"]["checks"]
+                          if c.get("crashed"))
+            if crashed:
+                arrays += f"; {crashed} xdist worker(s) crashed"
             print(f"numpy-suite: {mode}: {counts(data['results'])} in "
                   f"{seconds / 60:.1f} min{arrays}", flush=True)
             runs[mode] = data["results"]
