@@ -115,14 +115,15 @@ def report() -> str:
         lines.append("%-*s %12d %14d %14d %12d %16d" % (
             width, name, c["live_buffers"], c["live_bytes"], c["peak_bytes"],
             c["allocations"], c["allocated_bytes"]))
-    arrays = [name for name in counters if counters[name].get("array_allocations")]
+    array_counters = _core._numpy_stats()
+    arrays = [name for name in array_counters if name != "total"]
     if arrays:
         lines.append("")
         lines.append("%-*s %12s %16s %17s %21s" % (
             width, "numpy", "live_arrays", "live_array_bytes", "array_allocations",
             "array_allocated_bytes"))
-        for name in sorted(arrays, key=lambda n: (n == "total", n)):
-            c = counters[name]
+        for name in sorted(arrays) + ["total"]:
+            c = array_counters[name]
             lines.append("%-*s %12d %16d %17d %21d" % (
                 width, name, c["live_arrays"], c["live_array_bytes"],
                 c["array_allocations"], c["array_allocated_bytes"]))

@@ -26,7 +26,7 @@ before: ``import memmanager.numpy`` alone does not import it.
 
 from . import _core
 
-__all__ = ["allocator", "set_allocator", "get_allocator", "handler", "allocator_of"]
+__all__ = ["allocator", "set_allocator", "get_allocator", "handler", "allocator_of", "stats"]
 
 _bound = False
 _get_handler_name = None
@@ -90,6 +90,15 @@ def allocator_of(array):
     if name is None or not name.startswith("memmanager:"):
         return None
     return name[len("memmanager:"):]
+
+
+def stats():
+    """The NumPy arrays each allocator holds and has held: a dict from
+    allocator name (those that have held arrays) and ``"total"`` to dicts
+    with ``live_arrays``, ``live_array_bytes``, ``array_allocations`` and
+    ``array_allocated_bytes``.  ``memmanager.stats()`` counts the same
+    arrays in its five counters, with the buffers.  Imports nothing."""
+    return _core._numpy_stats()
 
 
 class allocator:

@@ -540,3 +540,31 @@ def test_bad_input_repeated(case):
             namespace.clear()
     finally:
         surface.LIBC.free(block)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("CMalloc", {}), ("PyAlloc", {}), ("Aligned", {"alignment": 4096}), ("Mmap", {}),
+    ("LeakPool", {}),
+])
+def test_numpy_handler_repeated(name, options):
+    """Handlers made and dropped, arrays made, resized and freed, refused
+    handlers: nothing of them stays (memmanager.numpy)."""
+    import memmanager.numpy as mnp
+    pool = memmanager.Pool("CMalloc")
+    memmanager.register_allocator("LeakPool", pool)
+    before_blocks = memmanager._core._numpy_live_blocks()
+    options_dict = dict(options)
+
+    def operation():
+        with mnp.allocator(name, **options_dict):
+            a = np.zeros(100)
+            b = np.empty(3000, dtype=np.uint8)
+            b.resize(70000, refcheck=False)
+            c = a + 1.0
+            del a, b, c
+        for bad_name, bad in (("Borrowed", {}), ("NoSuchAllocator", {}), (name, {"bogus": 1})):
+            with contextlib.suppress(ValueError, TypeError, memmanager.UnknownAllocatorError):
+                mnp.handler(bad_name, **bad)
+
+    assert_no_growth(operation, [pool, options_dict])
+    assert memmanager._core._numpy_live_blocks() == before_blocks

@@ -607,7 +607,8 @@ int mm_allocator_consume_block(AllocatorObject *alloc, PyObject *source,
     return 0;
 }
 
-static MM_NOINLINE void free_block_general(AllocatorObject *alloc, mm_block *block)
+static MM_NOINLINE void free_block_general(AllocatorObject *alloc, mm_block *block,
+                                           int may_release_gil)
 {
     size_t total = block->size;
     if (block->guard > 0) {
@@ -615,7 +616,7 @@ static MM_NOINLINE void free_block_general(AllocatorObject *alloc, mm_block *blo
         total += block->guard + DEBUG_GUARD_BACK;
     }
     char *base = block->address - block->guard;
-    if (total >= RELEASE_GIL_THRESHOLD && !alloc->needs_gil) {
+    if (may_release_gil && total >= RELEASE_GIL_THRESHOLD && !alloc->needs_gil) {
         Py_BEGIN_ALLOW_THREADS
         alloc->ops->release(alloc, base, total, block->cookie);
         Py_END_ALLOW_THREADS
@@ -632,7 +633,7 @@ static inline void free_block_untraced(AllocatorObject *alloc, mm_block *block)
         alloc->vtable->free(alloc->vtable->ctx, block->address, block->size);
         return;
     }
-    free_block_general(alloc, block);
+    free_block_general(alloc, block, 1);
 }
 
 void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block)
@@ -647,6 +648,11 @@ void mm_allocator_free_block(AllocatorObject *alloc, mm_block *block)
 void mm_allocator_free_untraced(AllocatorObject *alloc, mm_block *block)
 {
     free_block_untraced(alloc, block);
+}
+
+void mm_allocator_free_holding_gil(AllocatorObject *alloc, mm_block *block)
+{
+    free_block_general(alloc, block, 0);
 }
 
 /* ------------------------------------------------------------------ */

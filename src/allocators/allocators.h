@@ -258,6 +258,10 @@ int mm_allocator_alloc_block(AllocatorObject *alloc, const mm_request *req,
 int mm_allocator_alloc_untraced(AllocatorObject *alloc, const mm_request *req,
                                 size_t size, int init_byte, mm_block *out);
 void mm_allocator_free_untraced(AllocatorObject *alloc, mm_block *block);
+/* The same, never letting the GIL go (mm_allocator_free_untraced lets it
+ * go for a large block), for a caller whose callers still point at the
+ * block: NumPy's realloc, until NumPy stores the new address. */
+void mm_allocator_free_holding_gil(AllocatorObject *alloc, mm_block *block);
 /* builtin.c: a block of alloc that Python's tracemalloc traced in domain 0
  * (a PyAlloc block: PyMem) is no longer traced there; nothing for others. */
 void mm_pyalloc_untrace(AllocatorObject *alloc, const mm_block *block);

@@ -147,6 +147,7 @@ typedef struct {
     size_t size;
     size_t guard;
     PyObject *scope;            /* statistics scope (strong), or NULL */
+    uint64_t serial;            /* which block this is, for realloc */
 } np_entry;
 
 /* Open addressing, linear probing, at most half full; removal shifts
@@ -154,6 +155,7 @@ typedef struct {
 static np_entry *table = NULL;
 static size_t table_mask = 0;   /* capacity - 1 (a power of two), or 0 */
 static size_t table_used = 0;
+static uint64_t table_serial = 0;   /* the last serial given */
 
 #define TABLE_MIN_CAPACITY ((size_t)64)
 
@@ -204,9 +206,11 @@ static int table_reserve(void)
     return 0;
 }
 
-/* After table_reserve(). */
-static void table_insert(const np_entry *e)
+/* After table_reserve(), with nothing in between that can run Python
+ * or release the GIL (either lets other blocks take the room). */
+static void table_insert(np_entry *e)
 {
+    e->serial = ++table_serial;
     table_place(table, table_mask, e);
     table_used++;
 }
@@ -267,12 +271,27 @@ static void report_foreign(const char *doing, void *ptr)
 }
 
 /* A new block of size bytes (init_byte 0: zeroed) recorded in the table
- * and counted; NULL with an exception, which NumPy chains to its own
- * MemoryError. */
+ * and counted; NULL with an exception, which NumPy replaces with its own
+ * MemoryError (NumPy 2.4 does not chain it: a Limit's LimitExceededError
+ * does not reach the user). */
+/* Blocks below this go straight to a plain vtable allocator's functions
+ * (no hugepage advice below MM_HUGEPAGE_THRESHOLD; allocator.c releases
+ * the GIL only from 1 MiB on): the same calls the general path makes. */
+#define DIRECT_LIMIT ((size_t)1 << 20)
+
+/* Whether alloc's blocks of size go through its vtable directly, as
+ * allocator.c's own hot path (alloc_block_untraced) sends them: an
+ * unguarded C vtable, no device hooks, no hugepages=True. */
+static inline int direct_vtable(const np_route *route, size_t size)
+{
+    const AllocatorObject *alloc = route->alloc;
+    return size < DIRECT_LIMIT && alloc->ops == &mm_vtable_ops && !alloc->guarded &&
+           !alloc->consume_only && alloc->device_hooks == NULL && route->req.hugepages <= 0;
+}
+
 static void *route_allocate(np_route *route, size_t size, int init_byte)
 {
     AllocatorObject *alloc = route->alloc;
-    mm_state *st = PyModule_GetState(route->module);
     PyObject *scope = NULL;
     mm_block block;
     if (size == 0) {
@@ -283,20 +302,41 @@ static void *route_allocate(np_route *route, size_t size, int init_byte)
                      alloc->name, size);
         return NULL;
     }
-    if (mm_statistics_any_active() && st != NULL && st->statistics_var != NULL &&
-        mm_statistics_prepare(st, alloc, &scope) < 0) {
-        return NULL;
+    if (MM_UNLIKELY(mm_statistics_any_active())) {
+        mm_state *st = PyModule_GetState(route->module);
+        if (st != NULL && st->statistics_var != NULL &&
+            mm_statistics_prepare(st, alloc, &scope) < 0) {
+            return NULL;
+        }
     }
-    mm_request req = route->req;
-    req.num_items = (Py_ssize_t)size;
-    req.item_size = 1;
-    req.init_byte = init_byte;
-    if (mm_allocator_alloc_untraced(alloc, &req, size, init_byte, &block) < 0) {
-        Py_XDECREF(scope);
-        return NULL;
+    if (direct_vtable(route, size)) {
+        const MemManagerAllocator *vt = alloc->vtable;
+        block.address = init_byte == 0 ? vt->calloc(vt->ctx, size, 1)
+                                       : vt->malloc(vt->ctx, size);
+        block.size = size;
+        block.cookie = NULL;
+        block.guard = 0;
+        if (MM_UNLIKELY(block.address == NULL)) {
+            Py_XDECREF(scope);
+            PyErr_Format(PyExc_MemoryError, "Allocator %U could not allocate %zu bytes",
+                         alloc->name, size);
+            return NULL;
+        }
     }
-    /* Room in the table only now: a large block's allocation lets the GIL
-     * go, and other threads may fill the room made before it. */
+    else {
+        mm_request req = route->req;
+        req.num_items = (Py_ssize_t)size;
+        req.item_size = 1;
+        req.init_byte = init_byte;
+        if (mm_allocator_alloc_untraced(alloc, &req, size, init_byte, &block) < 0) {
+            Py_XDECREF(scope);
+            return NULL;
+        }
+    }
+    /* Room in the table only now: the allocation may run Python code (a
+     * SharedMemory's first block starts its tracker) or release the GIL
+     * (zeroing, mapping), and other blocks recorded meanwhile would take
+     * room reserved before it: past a full table, inserting never ends. */
     if (table_reserve() < 0) {
         mm_allocator_free_untraced(alloc, &block);
         Py_XDECREF(scope);
@@ -305,7 +345,7 @@ static void *route_allocate(np_route *route, size_t size, int init_byte)
     /* PyMem traced a PyAlloc block in domain 0; NumPy traces it in its own. */
     mm_pyalloc_untrace(alloc, &block);
     np_entry e = {(uintptr_t)block.address, route, block.cookie, size,
-                  block.guard, scope};
+                  block.guard, scope, 0};
     table_insert(&e);
     route->refs++;
     mm_region_registry_count_array(alloc->stats_slot, size);
@@ -316,13 +356,22 @@ static void *route_allocate(np_route *route, size_t size, int init_byte)
 }
 
 /* Frees the block of *e, which route owns. */
-static void route_free(np_route *route, np_entry *e)
+static void route_free(np_route *route, np_entry *e, int keep_gil)
 {
     AllocatorObject *alloc = route->alloc;
     mm_block block = {(char *)e->address, e->size, e->cookie, e->guard};
     PyObject *scope = e->scope;
     table_remove(e);
-    mm_allocator_free_untraced(alloc, &block);
+    if (keep_gil) {
+        /* realloc's old block: until NumPy stores the new address the
+         * array still points at the old one, and a thread resizing it
+         * meanwhile would find whichever block took that address in
+         * between (another array's) and move it away from its array. */
+        mm_allocator_free_holding_gil(alloc, &block);
+    }
+    else {
+        mm_allocator_free_untraced(alloc, &block);
+    }
     mm_region_registry_uncount_array(alloc->stats_slot, block.size);
     if (scope != NULL) {
         mm_statistics_count_block_free(scope, alloc->stats_slot, block.size);
@@ -336,9 +385,24 @@ typedef struct {
     PyGILState_STATE state;
 } gil_hold;
 
+/* Whether this thread holds the GIL.  From 3.12 the current thread state
+ * is a thread-local, set exactly while this thread holds the GIL (is
+ * attached, in a free-threaded build): one load, where PyGILState_Check
+ * also looks up this thread's PyGILState state (about 50 instructions,
+ * twice per array).  Before 3.12 the current thread state is the GIL
+ * holder's, whichever thread asks, so PyGILState_Check it is. */
+static inline int holds_gil(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return mm_thread_state_unchecked() != NULL;
+#else
+    return PyGILState_Check();
+#endif
+}
+
 static inline void gil_take(gil_hold *g)
 {
-    g->taken = !PyGILState_Check();
+    g->taken = !holds_gil();
     if (MM_UNLIKELY(g->taken)) {
         g->state = PyGILState_Ensure();
     }
@@ -394,13 +458,26 @@ static void *handler_realloc(void *ctx, void *ptr, size_t new_size)
     }
     else {
         size_t old_size = old->size;
+        uint64_t old_serial = old->serial;
         route->refs++;   /* the old block's free must not end the route first */
         fresh = route_allocate(route, new_size, MM_INIT_UNINITIALISED);
         if (fresh != NULL) {
-            memcpy(fresh, ptr, old_size < new_size ? old_size : new_size);
-            np_entry *moved = table_find((uintptr_t)ptr);   /* the table may have grown */
-            if (moved != NULL) {
-                route_free(route, moved);
+            /* Found again: the table may have grown.  The allocation may
+             * have released the GIL (or run Python code), and another
+             * thread resized or freed the array meanwhile: its old block
+             * is then gone (its bytes with it, perhaps unmapped), or its
+             * address is another block's.  Nothing to copy: fail. */
+            np_entry *moved = table_find((uintptr_t)ptr);
+            if (moved == NULL || moved->serial != old_serial) {
+                route_free(route, table_find((uintptr_t)fresh), 0);
+                fresh = NULL;
+                PyErr_Format(PyExc_RuntimeError,
+                             "memmanager: the array at %p was resized or freed "
+                             "while its new block was being allocated", ptr);
+            }
+            else {
+                memcpy(fresh, ptr, old_size < new_size ? old_size : new_size);
+                route_free(route, moved, 1);
             }
         }
         route_decref(route);
@@ -422,7 +499,7 @@ static void handler_free(void *ctx, void *ptr, size_t Py_UNUSED(size))
         report_foreign("free", ptr);
     }
     else {
-        route_free(route, e);
+        route_free(route, e, 0);
     }
     gil_give(&gil);
 }
@@ -472,14 +549,54 @@ static int check_usable(AllocatorObject *alloc, const mm_request *req)
     return 0;
 }
 
-static void name_handler(np_route *route)
+#define NP_HANDLER_PREFIX "memmanager:"
+
+/* "memmanager:<name>", which allocator_of() reads back; -1 with
+ * ValueError when it does not fit whole (NumPy's name has 127 bytes, and
+ * a cut name would name another allocator, or end inside a character,
+ * which NumPy's get_handler_name cannot decode). */
+static int name_handler(np_route *route)
 {
-    const char *name = PyUnicode_AsUTF8(route->alloc->name);
+    Py_ssize_t length;
+    const char *name = PyUnicode_AsUTF8AndSize(route->alloc->name, &length);
     if (name == NULL) {
-        PyErr_Clear();
-        name = "?";
+        return -1;
     }
-    snprintf(route->handler.name, sizeof(route->handler.name), "memmanager:%s", name);
+    size_t room = sizeof(route->handler.name) - 1 - strlen(NP_HANDLER_PREFIX);
+    if ((size_t)length > room) {
+        PyErr_Format(PyExc_ValueError,
+                     "Allocator %U cannot allocate NumPy's arrays: NumPy's handler "
+                     "name holds %zu bytes of the allocator's name, and this one has "
+                     "%zd in UTF-8; register it under a shorter name",
+                     route->alloc->name, room, length);
+        return -1;
+    }
+    snprintf(route->handler.name, sizeof(route->handler.name), NP_HANDLER_PREFIX "%s", name);
+    return 0;
+}
+
+/* A path-like option made a str or bytes now: MappedFile would call its
+ * __fspath__ at every allocation, inside NumPy's, where no Python code
+ * may run (it could allocate, resize or free arrays there). */
+static int fix_path(PyObject *options)
+{
+    PyObject *path = PyDict_GetItemString(options, "path");   /* borrowed */
+    if (path == NULL || PyUnicode_CheckExact(path) || PyBytes_CheckExact(path)) {
+        return 0;
+    }
+    PyObject *fixed = PyOS_FSPath(path);
+    if (fixed == NULL) {
+        return -1;
+    }
+    PyObject *exact = PyUnicode_Check(fixed) ? PyUnicode_FromObject(fixed)
+                                             : PyBytes_FromObject(fixed);
+    Py_DECREF(fixed);
+    if (exact == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItemString(options, "path", exact);
+    Py_DECREF(exact);
+    return rc;
 }
 
 /* A capsule named "mem_handler" for alloc under options (a dict or NULL). */
@@ -496,7 +613,7 @@ static PyObject *route_capsule_new(PyObject *module, AllocatorObject *alloc,
     if (options != NULL && PyDict_GET_SIZE(options) > 0) {
         /* Private: a caller changing its dict later changes nothing here. */
         route->options = PyDict_Copy(options);
-        if (route->options == NULL) {
+        if (route->options == NULL || fix_path(route->options) < 0) {
             route_decref(route);
             return NULL;
         }
@@ -504,11 +621,10 @@ static PyObject *route_capsule_new(PyObject *module, AllocatorObject *alloc,
     }
     if (mm_allocator_parse_any_options(alloc, route->options, 1, 1,
                                        MM_INIT_UNINITIALISED, &route->req) < 0 ||
-        check_usable(alloc, &route->req) < 0) {
+        check_usable(alloc, &route->req) < 0 || name_handler(route) < 0) {
         route_decref(route);
         return NULL;
     }
-    name_handler(route);
     route->handler.version = NP_HANDLER_VERSION;
     route->handler.allocator.ctx = route;
     route->handler.allocator.malloc = handler_malloc;

@@ -21,7 +21,8 @@
  *   _set_python_methods(t)   the Buffer methods written in Python
  *   _replay(path, allocator) a Log's file played (adaptors/replay.c)
  *   _numpy_bind(), _numpy_handler(name, options), _numpy_set_handler(h),
- *   _numpy_get_handler(), _numpy_handler_allocator(h), _numpy_live_blocks()
+ *   _numpy_get_handler(), _numpy_handler_allocator(h), _numpy_live_blocks(),
+ *   _numpy_stats()
  *                            NumPy's arrays through memmanager, for
  *                            memmanager.numpy (interop/numpy_handler.c)
  *   _cuda_probe(), _cuda_reset()  the CUDA loader (cuda/), for
@@ -47,47 +48,65 @@ static mm_state *module_state(PyObject *module)
 /* Module functions                                                    */
 /* ------------------------------------------------------------------ */
 
-/* The five counters of every entry; the array counters too for an entry
- * that has held NumPy arrays (memmanager.numpy). */
 static PyObject *stats_dict(const region_stats *s)
 {
-    PyObject *entry = Py_BuildValue(
-        "{s:K,s:K,s:K,s:K,s:K}",
-        "live_buffers", (unsigned long long)s->live_buffers,
-        "live_bytes", (unsigned long long)s->live_bytes,
-        "peak_bytes", (unsigned long long)s->peak_bytes,
-        "allocations", (unsigned long long)s->allocations,
-        "allocated_bytes", (unsigned long long)s->allocated_bytes);
-    if (entry == NULL || s->array_allocations == 0) {
-        return entry;
-    }
-    const struct { const char *key; uint64_t value; } arrays[] = {
-        {"live_arrays", s->live_arrays},
-        {"live_array_bytes", s->live_array_bytes},
-        {"array_allocations", s->array_allocations},
-        {"array_allocated_bytes", s->array_allocated_bytes},
-    };
-    for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++) {
-        PyObject *value = PyLong_FromUnsignedLongLong(arrays[i].value);
-        if (value == NULL || PyDict_SetItemString(entry, arrays[i].key, value) < 0) {
-            Py_XDECREF(value);
-            Py_DECREF(entry);
-            return NULL;
-        }
-        Py_DECREF(value);
-    }
-    return entry;
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}",
+                         "live_buffers", (unsigned long long)s->live_buffers,
+                         "live_bytes", (unsigned long long)s->live_bytes,
+                         "peak_bytes", (unsigned long long)s->peak_bytes,
+                         "allocations", (unsigned long long)s->allocations,
+                         "allocated_bytes", (unsigned long long)s->allocated_bytes);
 }
 
-static int set_stats_item(PyObject *result, const char *name, const region_stats *s)
+static PyObject *array_stats_dict(const region_stats *s)
 {
-    PyObject *entry = stats_dict(s);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K}",
+                         "live_arrays", (unsigned long long)s->live_arrays,
+                         "live_array_bytes", (unsigned long long)s->live_array_bytes,
+                         "array_allocations", (unsigned long long)s->array_allocations,
+                         "array_allocated_bytes",
+                         (unsigned long long)s->array_allocated_bytes);
+}
+
+typedef PyObject *(*stats_entry_fn)(const region_stats *s);
+
+/* result[name] = entry_of(s); 0 or -1. */
+static int set_stats_item(PyObject *result, const char *name, const region_stats *s,
+                          stats_entry_fn entry_of)
+{
+    PyObject *entry = entry_of(s);
     if (entry == NULL) {
         return -1;
     }
     int rc = PyDict_SetItemString(result, name, entry);
     Py_DECREF(entry);
     return rc;
+}
+
+/* {"total": entry_of(the total), name: entry_of(its counters), ...} for
+ * every allocator name used; with arrays_only, only those that have held
+ * NumPy arrays. */
+static PyObject *counters_by_name(stats_entry_fn entry_of, int arrays_only)
+{
+    region_stats total;
+    ptrdiff_t n;
+    region_named_stats *per_name = mm_region_registry_stats(&n, &total);
+    if (n < 0) {
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyDict_New();
+    int rc = result == NULL ? -1 : set_stats_item(result, "total", &total, entry_of);
+    for (ptrdiff_t i = 0; rc == 0 && i < n; i++) {
+        if (!arrays_only || per_name[i].stats.array_allocations > 0) {
+            rc = set_stats_item(result, per_name[i].name, &per_name[i].stats, entry_of);
+        }
+    }
+    PyMem_RawFree(per_name);
+    if (rc < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    return result;
 }
 
 /* The entry of an adaptor, made (with zero buffers) for one that holds
@@ -166,32 +185,20 @@ static int add_upstream_use(mm_state *st, PyObject *result)
     return 0;
 }
 
+/* _numpy_stats(): the array counters of each allocator that has held
+ * NumPy arrays, and their "total" (memmanager.numpy.stats()). */
+static PyObject *mm_numpy_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(a))
+{
+    return counters_by_name(array_stats_dict, 1);
+}
+
 static PyObject *mm_stats(PyObject *module, PyObject *Py_UNUSED(a))
 {
-    region_stats total;
-    ptrdiff_t n;
-    region_named_stats *per_name = mm_region_registry_stats(&n, &total);
-    if (n < 0) {
-        return PyErr_NoMemory();
+    PyObject *result = counters_by_name(stats_dict, 0);
+    if (result != NULL && add_upstream_use(module_state(module), result) < 0) {
+        Py_CLEAR(result);
     }
-    PyObject *result = PyDict_New();
-    if (result == NULL || set_stats_item(result, "total", &total) < 0) {
-        goto error;
-    }
-    for (ptrdiff_t i = 0; i < n; i++) {
-        if (set_stats_item(result, per_name[i].name, &per_name[i].stats) < 0) {
-            goto error;
-        }
-    }
-    if (add_upstream_use(module_state(module), result) < 0) {
-        goto error;
-    }
-    PyMem_RawFree(per_name);
     return result;
-error:
-    PyMem_RawFree(per_name);
-    Py_XDECREF(result);
-    return NULL;
 }
 
 static PyObject *live_buffer_row(BufferObject *b)
@@ -413,6 +420,8 @@ static PyMethodDef module_methods[] = {
     {"_numpy_handler_allocator", mm_numpy_handler_allocator, METH_O,
      "_numpy_handler_allocator(handler, /)\n--\n\n"
      "The Allocator a memmanager handler allocates from; None for any other object."},
+    {"_numpy_stats", mm_numpy_stats, METH_NOARGS,
+     "_numpy_stats()\n--\n\nThe NumPy-array counters of each allocator that has held arrays."},
     {"_numpy_live_blocks", mm_numpy_live_blocks, METH_NOARGS,
      "_numpy_live_blocks()\n--\n\nHow many NumPy blocks memmanager's handlers hold now."},
     {"_release_pinned_at_exit", mm_release_pinned_at_exit, METH_NOARGS,

@@ -5,7 +5,7 @@ re-entrancy matrix (tests/test_attack_matrix.py).
 
 `target` names what is called: "buf.X" (a method or property of the
 case's Buffer), "Buffer.X" (on the class), "mm.X" (memmanager.X),
-"cuda.X", "core.X" (memmanager._core.X), "dv.X" (a DeviceView on the fake
+"cuda.X", "np.X" (memmanager.numpy.X), "core.X" (memmanager._core.X), "dv.X" (a DeviceView on the fake
 CUDA driver), "alloc.X" (an Allocator object), or a callable taking the
 State.  Each param is P (positional) or K (keyword) with an argument
 *type* (INT, STR, ...: which hostile kinds can reach its dunders) and the
@@ -16,6 +16,7 @@ A new entry point is one E(...) line here; a new public name that no line
 """
 
 import ctypes
+import importlib
 import pickle
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -238,6 +239,54 @@ def _statistics_block(state: Any) -> Callable[..., Any]:
 
 _statistics_block.__name__ = "with mm.statistics()"
 
+
+def _numpy_block(state: Any) -> Callable[..., Any]:
+    """A with memmanager.numpy.allocator() block: NumPy arrays from a Pool
+    while the State's buffers are made and dropped."""
+    import numpy
+    import memmanager.numpy
+
+    def block() -> Any:
+        with memmanager.numpy.allocator("CMalloc"):
+            state.new(8, 1)
+            arrays = [numpy.ones(n) for n in (1, 100, 5000)]
+            arrays[1].resize(300, refcheck=False)
+        return sum(float(a.sum()) for a in arrays)
+    return block
+
+
+_numpy_block.__name__ = "with mm.numpy.allocator()"
+
+
+def _numpy_set_and_reset(state: Any) -> Callable[..., Any]:
+    """set_allocator(name), an array, then NumPy's default again."""
+    import numpy
+    import memmanager.numpy
+
+    def call(name: Any) -> Any:
+        try:
+            memmanager.numpy.set_allocator(name)
+            return memmanager.numpy.allocator_of(numpy.zeros(10))
+        finally:
+            memmanager.numpy.set_allocator(None)
+    return call
+
+
+_numpy_set_and_reset.__name__ = "mm.numpy.set_allocator()"
+
+
+def _an_array(state: Any) -> Any:
+    import numpy
+    import memmanager.numpy
+    with memmanager.numpy.allocator("CMalloc"):
+        return numpy.arange(10)
+
+
+def _current_handler(state: Any) -> Any:
+    import memmanager.numpy
+    memmanager.numpy.get_allocator()   # binds NumPy
+    return _core._numpy_get_handler()
+
 ENTRIES: List[Entry] = [
     # --- construction ------------------------------------------------------
     E("mm.Buffer", P("num_items", INT, 16), P("item_size", INT, 4), P("options", MAP, lambda s: s.options),
@@ -366,6 +415,21 @@ ENTRIES: List[Entry] = [
     E("mm.Pool", P("upstream", ALLOC, "PyAlloc"), K("initial_size", INT, 4096),
       K("maximum_size", INT, 1 << 20)),
     E("core._adaptors"),
+    E(_numpy_block),
+    E(_numpy_set_and_reset, P("name", ALLOC, "CMalloc")),
+    E("np.allocator", P("name", ALLOC, "CMalloc")),
+    E("np.allocator", P("name", ALLOC, "Aligned"), K("alignment", INT, 64), variant="Aligned"),
+    E("np.handler", P("name", ALLOC, "Aligned"), K("alignment", INT, 64)),
+    E("np.get_allocator"),
+    E("np.allocator_of", P("array", ANY, _an_array)),
+    E("core._numpy_bind"),
+    E("core._numpy_handler", P("name", ALLOC, "Aligned"), P("options", MAP, {"alignment": 64})),
+    E("core._numpy_set_handler", P("handler", ANY, _current_handler)),
+    E("core._numpy_get_handler", setup=lambda s: _current_handler(s)),
+    E("core._numpy_handler_allocator", P("handler", ANY, _current_handler)),
+    E("core._numpy_live_blocks"),
+    E("core._numpy_stats"),
+    E("np.stats"),
     E("mm.use", K("allocators", ITER, ["PyAlloc", "AttackPlug"]), K("devices", ITER, ["NVIDIA_GPU"]),
       K("views", ITER, ["numpy", "attackview"])),
     *[E("cuda." + name, cuda=True) for name in (
@@ -417,6 +481,9 @@ NOT_CALLED = {
     "buf.__new__", "buf.__doc__", "buf.__module__", "buf.consume", "buf.attach",
     # DeviceView / Allocator: made by the module only (test_attack_types.py)
     "dv.__new__", "dv.__doc__", "dv.__module__", "alloc.__doc__", "alloc.__new__", "alloc.__module__",
+    # called by the "mm.numpy.set_allocator()" entry, which puts NumPy's
+    # default handler back after each call
+    "np.set_allocator",
 }
 
 
@@ -426,6 +493,8 @@ def public_names() -> List[str]:
     names += ["mm.%s" % n for n in dir(memmanager)
               if not n.startswith("_") and not isinstance(getattr(memmanager, n), type(memmanager))]
     names += ["cuda." + n for n in memmanager.cuda.__all__]
+    numpy_module = importlib.import_module("memmanager.numpy")
+    names += ["np." + n for n in numpy_module.__all__]
     names += ["core." + n for n in dir(_core) if not (n.startswith("__") and n.endswith("__"))]
     names += ["buf." + n for n in memmanager.Buffer.__dict__]
     names += ["dv." + n for n in _core.DeviceView.__dict__]

@@ -4,6 +4,7 @@ Building a suite makes no buffer: the pytest process builds it to name its
 tests, the fork server builds the same list to run it.
 """
 
+import importlib
 import inspect
 import types
 from typing import Any, Callable, Dict, List, Tuple
@@ -57,6 +58,8 @@ def resolve(target: Any, state: Any) -> Callable[..., Any]:
         return getattr(memmanager, attr)
     if where == "cuda":
         return getattr(memmanager.cuda, attr)
+    if where == "np":
+        return getattr(importlib.import_module("memmanager.numpy"), attr)
     if where == "core":
         return getattr(_core, attr)
     raise ValueError(target)
