@@ -185,7 +185,7 @@ def compare(args, out, mode, base, results, extra=()):
             f.write("\n".join(sorted(diff)) + "\n")
         files = sorted({os.path.join(args.root, n.split("::")[0])
                         for n in diff})
-        files = [f for f in files if os.path.exists(f)]
+        files = [f for f in files if os.path.isfile(f)]
         for i in range(args.reruns):
             for m, col in (("default", 0), (mode, 1)):
                 tag = f"rerun-{mode}-{i + 1}-{m}"
