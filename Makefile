@@ -9,6 +9,8 @@
 #   make fuzz      coverage-guided fuzzing of the API (atheris, libFuzzer)
 #                  under ASan + UBSan for FUZZ_TIME seconds (clang needed)
 #   make fuzz-coverage  which lines of src/ the fuzz corpus reaches
+#   make numpy-suite    NumPy's own tests with memmanager allocators as
+#                  NumPy's handler, compared test by test with NumPy's default
 # The extension lives in place (memmanager/_core*.so) in one flavour at a
 # time: plain (build, test), asan, debug, fuzz or fuzzcov.  build/flavour names the one
 # there now; asking for another rebuilds it, so `make test` after
@@ -23,7 +25,7 @@ SOURCES := $(wildcard src/*/*.c src/*/*.h memmanager/include/memmanager/*.h) set
 FLAVOUR_FILE := build/flavour
 
 .PHONY: demo test build lint bench bench-quick callgrind clean asan asan-build valgrind valgrind-build \
-	fuzz fuzz-build fuzz-coverage fuzz-replay fuzz-clang
+	fuzz fuzz-build fuzz-coverage fuzz-replay fuzz-clang numpy-suite
 .PHONY: docs
 
 $(PY):
@@ -246,6 +248,37 @@ fuzz-coverage: fuzz-clang $(VENV)/.atheris $(SOURCES)
 	$(LLVM_COV) show memmanager/_core*.so -instr-profile=$(FUZZ_DIR)/coverage/fuzz.profdata \
 		-format=html -output-dir=$(FUZZ_DIR)/coverage/html $(wildcard src/*/*.c) >/dev/null
 	@echo "line by line: $(FUZZ_DIR)/coverage/html/index.html"
+
+# ---------------------------------------------------------------------------
+# NumPy's own test suite with memmanager allocators installed as NumPy's
+# handler (docs/reliability.md, "NumPy's own test suite").
+# tools/numpy_suite/run.py runs `pytest --pyargs numpy._core` from an empty
+# temporary directory once per mode: NumPy's default handler, then
+# Aligned(alignment=4096), then a Pool over CMalloc, each installed by the
+# plug-in tools/numpy_suite/plugin.py before the test modules import and
+# checked to have made the tests' arrays.  It fails on a test that fails or
+# is skipped under an allocator but passes under the default handler (after
+# running the differing tests again in both modes, so a flaky one does not
+# count), and on a run that did not finish or did not run under the
+# allocator.  Results in build/numpy-suite/ (junit XML, every test's outcome
+# per mode, summary.json).
+# Cost on 2 cores: about 30 minutes (measured 28 to 38 on a 2-core machine
+# shared with other jobs: 8 to 15 minutes a mode with two xdist workers, and
+# a minute or two of reruns).  One mode serially took 10.5 minutes.
+#   NUMPY_SUITE_ARGS  go to run.py: e.g. '--suite numpy' (all of NumPy),
+#                     '--modes default,cmalloc', '-n 0' (no xdist), '--fast'
+#                     (leave out NumPy's slow tests), '-- -x' (to pytest)
+# meson and ninja let test_mem_policy.py build its C allocator (without them
+# those tests error); pytest-xdist runs two workers.  Installed once, into
+# .venv, without reinstalling the package.
+NUMPY_SUITE_ARGS ?=
+
+$(VENV)/.numpy-suite: $(VENV)/.installed
+	$(PY) -m pip install -q pytest-xdist meson ninja
+	touch $@
+
+numpy-suite: build $(VENV)/.numpy-suite
+	$(PY) tools/numpy_suite/run.py $(NUMPY_SUITE_ARGS)
 
 clean:
 	rm -rf build $(VENV) memmanager/*.so *.egg-info
