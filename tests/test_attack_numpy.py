@@ -41,7 +41,8 @@ def register(impl, prefix="Np"):
 
 def array_stats(name):
     return memmanager.numpy.stats().get(name, {"live_arrays": 0, "live_array_bytes": 0,
-                                               "array_allocations": 0})
+                                               "array_allocations": 0,
+                                               "array_allocated_bytes": 0})
 
 
 def run_child(code, env=None, timeout=120):

@@ -8,17 +8,14 @@ child interpreter (run_child) with a timeout.
 """
 
 import gc
-import importlib.util
 import io
 import os
 import pickle
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import threading
 import tracemalloc
-import uuid
 
 import pytest
 
@@ -28,24 +25,10 @@ import memmanager  # noqa: E402
 import memmanager.numpy as mn  # noqa: E402
 from memmanager import Buffer, Limit, Log, Pool, _core  # noqa: E402
 
-from test_plugins_c import compiler  # noqa: E402
+from test_attack_numpy import array_stats, register  # noqa: E402
+from test_plugins_c import build_plugin  # noqa: E402
 
 FLAKY_SOURCE = os.path.join(os.path.dirname(__file__), "canary", "flaky_allocator.c")
-
-
-def fresh(prefix="Np"):
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
-
-
-def register(impl, prefix="Np"):
-    name = fresh(prefix)
-    memmanager.register_allocator(name, impl)
-    return name
-
-
-def array_stats(name):
-    return mn.stats().get(name, {"live_arrays": 0, "live_array_bytes": 0,
-                                 "array_allocations": 0, "array_allocated_bytes": 0})
 
 
 def run_child(code, env=None, timeout=120):
@@ -77,18 +60,7 @@ def _default_handler_after():
 @pytest.fixture(scope="module")
 def flaky(tmp_path_factory):
     """The _flaky plug-in (tests/canary/flaky_allocator.c), built here."""
-    out_dir = tmp_path_factory.mktemp("flaky")
-    target = out_dir / ("_flaky" + sysconfig.get_config_var("EXT_SUFFIX"))
-    command = compiler() + [
-        "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-std=c11",
-        "-I", sysconfig.get_paths()["include"], "-I", memmanager.get_include(),
-        FLAKY_SOURCE, "-o", str(target),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr}"
-    spec = importlib.util.spec_from_file_location("_flaky", target)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = build_plugin(FLAKY_SOURCE, "_flaky", tmp_path_factory.mktemp("flaky"))
     yield module
     module.succeed(-1)
 

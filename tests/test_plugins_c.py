@@ -29,23 +29,28 @@ def compiler():
     return shlex.split(sysconfig.get_config_var("CC") or "cc")
 
 
-@pytest.fixture(scope="session")
-def canary(tmp_path_factory):
-    """The _canary module: built here, imported from its temporary home."""
-    out_dir = tmp_path_factory.mktemp("canary")
-    target = out_dir / ("_canary" + sysconfig.get_config_var("EXT_SUFFIX"))
+def build_plugin(source, module_name, out_dir):
+    """A test-only C extension built from source against Python's headers
+    and memmanager's, imported from out_dir."""
+    target = out_dir / (module_name + sysconfig.get_config_var("EXT_SUFFIX"))
     command = compiler() + [
         "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-std=c11",
         "-I", sysconfig.get_paths()["include"],
         "-I", memmanager.get_include(),
-        CANARY_SOURCE, "-o", str(target), "-lpthread",
+        source, "-o", str(target), "-lpthread",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr}"
-    spec = importlib.util.spec_from_file_location("_canary", target)
+    spec = importlib.util.spec_from_file_location(module_name, target)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def canary(tmp_path_factory):
+    """The _canary module: built here, imported from its temporary home."""
+    return build_plugin(CANARY_SOURCE, "_canary", tmp_path_factory.mktemp("canary"))
 
 
 @pytest.fixture
