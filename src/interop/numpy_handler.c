@@ -274,21 +274,6 @@ static void report_foreign(const char *doing, void *ptr)
  * and counted; NULL with an exception, which NumPy replaces with its own
  * MemoryError (NumPy 2.4 does not chain it: a Limit's LimitExceededError
  * does not reach the user). */
-/* Blocks below this go straight to a plain vtable allocator's functions
- * (no hugepage advice below MM_HUGEPAGE_THRESHOLD; allocator.c releases
- * the GIL only from 1 MiB on): the same calls the general path makes. */
-#define DIRECT_LIMIT ((size_t)1 << 20)
-
-/* Whether alloc's blocks of size go through its vtable directly, as
- * allocator.c's own hot path (alloc_block_untraced) sends them: an
- * unguarded C vtable, no device hooks, no hugepages=True. */
-static inline int direct_vtable(const np_route *route, size_t size)
-{
-    const AllocatorObject *alloc = route->alloc;
-    return size < DIRECT_LIMIT && alloc->ops == &mm_vtable_ops && !alloc->guarded &&
-           !alloc->consume_only && alloc->device_hooks == NULL && route->req.hugepages <= 0;
-}
-
 static void *route_allocate(np_route *route, size_t size, int init_byte)
 {
     AllocatorObject *alloc = route->alloc;
@@ -309,29 +294,20 @@ static void *route_allocate(np_route *route, size_t size, int init_byte)
             return NULL;
         }
     }
-    if (direct_vtable(route, size)) {
-        const MemManagerAllocator *vt = alloc->vtable;
-        block.address = init_byte == 0 ? vt->calloc(vt->ctx, size, 1)
-                                       : vt->malloc(vt->ctx, size);
-        block.size = size;
-        block.cookie = NULL;
-        block.guard = 0;
-        if (MM_UNLIKELY(block.address == NULL)) {
-            Py_XDECREF(scope);
-            PyErr_Format(PyExc_MemoryError, "Allocator %U could not allocate %zu bytes",
-                         alloc->name, size);
-            return NULL;
-        }
+    /* A vtable kind (PyAlloc, CMalloc, C plug-ins) reads no size from the
+     * request, so its hot path gets the route's own, uncopied. */
+    mm_request sized;
+    const mm_request *req = &route->req;
+    if (alloc->ops != &mm_vtable_ops) {
+        sized = route->req;
+        sized.num_items = (Py_ssize_t)size;
+        sized.item_size = 1;
+        sized.init_byte = init_byte;
+        req = &sized;
     }
-    else {
-        mm_request req = route->req;
-        req.num_items = (Py_ssize_t)size;
-        req.item_size = 1;
-        req.init_byte = init_byte;
-        if (mm_allocator_alloc_untraced(alloc, &req, size, init_byte, &block) < 0) {
-            Py_XDECREF(scope);
-            return NULL;
-        }
+    if (mm_allocator_alloc_untraced(alloc, req, size, init_byte, &block) < 0) {
+        Py_XDECREF(scope);
+        return NULL;
     }
     /* Room in the table only now: the allocation may run Python code (a
      * SharedMemory's first block starts its tracker) or release the GIL
